@@ -1,0 +1,35 @@
+# Each target creates .venv when it is missing and installs what it needs from PyPI.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench export lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[test,viz,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m attngraph.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 tests
+
+bench: $(STAMP)
+	$(PY) bench/attention.py
+
+export: $(STAMP)
+	$(PY) -m attngraph.examples_runner
+
+lint: $(STAMP)
+	$(PY) -m pip install -q ruff mypy
+	$(PY) -m ruff check attngraph tests
+	$(PY) -m mypy attngraph
+
+clean:
+	rm -rf $(VENV) build *.egg-info

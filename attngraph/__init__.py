@@ -1,0 +1,62 @@
+"""attngraph: describe attention models in Python, check them in numpy, export fused ONNX.
+
+    import attngraph as ag
+    x = ag.input("x", ("batch", "seq", 64))
+    y = ag.multi_head_attention(x, num_heads=4, causal=True)
+    model = ag.Model(x, y)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import ops as _ops  # noqa: F401  (registers every op)
+from ._errors import (
+    AttnGraphError,
+    ConfigError,
+    ExportError,
+    FeedError,
+    GraphError,
+    ParamError,
+    ShapeError,
+    UnsupportedError,
+)
+from ._graph import Value
+from ._model import Model
+from ._params import load_params, save_params
+from ._types import TensorType
+from .export import export
+from .layers import (
+    add,
+    concatenate,
+    dense,
+    dropout,
+    embedding,
+    gelu,
+    input,
+    last_timestep,
+    layer_norm,
+    mean_pool,
+    multi_head_attention,
+    multiply,
+    positional_encoding,
+    relu,
+    rms_norm,
+    scaled_dot_product_attention,
+    sigmoid,
+    silu,
+    softmax,
+    tanh,
+)
+from .runtime import RuntimeFailure, Session
+from .validate import ValidationReport, validate
+
+__all__ = [
+    "AttnGraphError", "ConfigError", "ExportError", "FeedError", "GraphError", "Model",
+    "ParamError", "RuntimeFailure", "Session", "ShapeError", "TensorType", "UnsupportedError",
+    "ValidationReport", "Value", "__version__", "add", "concatenate", "dense", "dropout",
+    "embedding", "export", "gelu", "input", "last_timestep", "layer_norm", "load_params",
+    "mean_pool", "multi_head_attention", "multiply", "positional_encoding", "relu", "rms_norm",
+    "save_params", "scaled_dot_product_attention", "sigmoid", "silu", "softmax", "tanh",
+    "validate",
+]

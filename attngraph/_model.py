@@ -1,0 +1,198 @@
+"""`Model`: a graph with named inputs and outputs, its parameters, reference evaluation, summary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from ._errors import GraphError, caller_location
+from ._graph import Node, ParamSpec, Value
+from ._types import TensorType
+
+
+def _as_named(values: Any, what: str, default: str) -> dict[str, Value]:
+    if isinstance(values, Value):
+        values = [values] if what == "inputs" else values
+    if isinstance(values, Value):
+        return {default: values}
+    if isinstance(values, Mapping):
+        out = dict(values)
+    elif isinstance(values, (list, tuple)):
+        if what == "inputs":
+            out = {}
+            for v in values:
+                if not isinstance(v, Value) or v.node.op != "input":
+                    raise GraphError(f"Model: every input must come from ag.input(), given {v!r}")
+                out[v.node.attrs["name"]] = v
+        else:
+            out = {f"{default}_{i}": v for i, v in enumerate(values)}
+    else:
+        raise GraphError(
+            f"Model: {what} must be a value, a list or a dict of values, given {type(values).__name__}"
+        )
+    for key, v in out.items():
+        if not isinstance(v, Value):
+            raise GraphError(f"Model: {what} entry {key!r} is not a graph value (given {v!r})")
+    if not out:
+        raise GraphError(f"Model: {what} is empty")
+    return out
+
+
+class Model:
+    """A graph from named inputs to named outputs.
+
+    Args:
+        inputs: an `ag.input` value, a list of them, or a dict name -> value.
+        outputs: a value (named "output"), a list (named "output_0", ...) or a dict name -> value.
+
+    Raises:
+        GraphError: an input is used but not listed, a listed input is unused, two layers
+            share a name, or an output name is used twice.
+    """
+
+    def __init__(self, inputs: Any, outputs: Any, *, name: str = "model") -> None:
+        self.location = caller_location()
+        self.name = name
+        self.inputs: dict[str, Value] = _as_named(inputs, "inputs", "input")
+        for key, v in self.inputs.items():
+            if v.node.op != "input":
+                raise GraphError(
+                    f"Model: input {key!r} must come from ag.input(), given {v.type} from "
+                    f"{v.node.op} (defined at {v.node.location})"
+                )
+        self.outputs: dict[str, Value] = _as_named(outputs, "outputs", "output")
+        self.graph = self._build_graph()
+        self.nodes: list[Node] = list(
+            nx.lexicographical_topological_sort(self.graph, key=lambda n: n.seq)
+        )
+        self.node_names: dict[Node, str] = self._assign_names()
+        self._check_inputs()
+        self.param_specs: dict[str, tuple[Node, ParamSpec]] = {
+            f"{self.node_names[n]}.{p.name}": (n, p) for n in self.nodes for p in n.params
+        }
+
+    # -- structure -------------------------------------------------------------------------
+    def _build_graph(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        stack = [v.node for v in self.outputs.values()]
+        while stack:
+            node = stack.pop()
+            if node in graph and graph.nodes[node].get("seen"):
+                continue
+            graph.add_node(node, seen=True)
+            for v in node.inputs:
+                if v is None:
+                    continue
+                graph.add_edge(v.node, node)
+                stack.append(v.node)
+        if not nx.is_directed_acyclic_graph(graph):
+            raise GraphError("Model: the graph has a cycle")
+        return graph
+
+    def _assign_names(self) -> dict[Node, str]:
+        names: dict[Node, str] = {}
+        taken: dict[str, Node] = {}
+        for node in self.nodes:
+            if node.name is None:
+                continue
+            if node.name in taken:
+                other = taken[node.name]
+                raise GraphError(
+                    f"Model: layer name {node.name!r} is used twice: {other.op} (defined at "
+                    f"{other.location}) and {node.op} (defined at {node.location}); "
+                    "give each layer its own name"
+                )
+            taken[node.name] = node
+            names[node] = node.name
+        counters: dict[str, int] = {}
+        for node in self.nodes:
+            if node.name is not None:
+                continue
+            n = counters.get(node.op, 0)
+            while f"{node.op}_{n}" in taken:
+                n += 1
+            counters[node.op] = n + 1
+            names[node] = f"{node.op}_{n}"
+            taken[names[node]] = node
+        return names
+
+    def _check_inputs(self) -> None:
+        listed = {v.node for v in self.inputs.values()}
+        for node in self.nodes:
+            if node.op == "input" and node not in listed:
+                raise GraphError(
+                    f"Model: input {node.attrs['name']!r} (defined at {node.location}) is used by "
+                    "the outputs but is not listed in Model(inputs=...)"
+                )
+        for key, v in self.inputs.items():
+            if v.node not in self.graph:
+                raise GraphError(
+                    f"Model: input {key!r} (defined at {v.node.location}) does not reach any output"
+                )
+
+    # -- public helpers --------------------------------------------------------------------
+    def name_of(self, node: Node) -> str:
+        """The layer name of a node of this model (explicit, or auto-named `<op>_<n>`)."""
+        return self.node_names[node]
+
+    @property
+    def input_types(self) -> dict[str, TensorType]:
+        return {k: v.type for k, v in self.inputs.items()}
+
+    @property
+    def output_types(self) -> dict[str, TensorType]:
+        return {k: v.type for k, v in self.outputs.items()}
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: spec.shape for k, (_, spec) in self.param_specs.items()}
+
+    def init(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Deterministic parameters: Glorot uniform kernels, zero biases, unit norm scales."""
+        from ._params import init_params
+
+        return init_params(self.param_specs, seed)
+
+    def predict(self, params: Mapping[str, np.ndarray], feeds: Mapping[str, Any],
+                *, check_finite: bool = False) -> dict[str, np.ndarray]:
+        """Evaluate the model with the numpy reference interpreter."""
+        from ._interpreter import evaluate
+
+        return evaluate(self, params, feeds, check_finite=check_finite)
+
+    def summary(self) -> str:
+        """A table of layers: name, op, output type, parameter count (like Axon.Display)."""
+        from ._summary import summary_table
+
+        return summary_table(self)
+
+    def config(self) -> dict[str, Any]:
+        """A JSON-friendly description of inputs, outputs and layers (recorded in exports)."""
+        return {
+            "name": self.name,
+            "inputs": {k: str(t) for k, t in self.input_types.items()},
+            "outputs": {k: str(t) for k, t in self.output_types.items()},
+            "layers": [
+                {"name": self.node_names[n], "op": n.op,
+                 **{k: _jsonable(v) for k, v in sorted(n.attrs.items())}}
+                for n in self.nodes
+            ],
+        }
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{k}: {t}" for k, t in self.input_types.items())
+        outs = ", ".join(f"{k}: {t}" for k, t in self.output_types.items())
+        return f"<Model {self.name} ({ins}) -> ({outs}), {len(self.nodes)} layers>"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return f"array{list(value.shape)}"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

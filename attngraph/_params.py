@@ -1,0 +1,118 @@
+"""Parameter initialisation, checking, saving and loading (.safetensors or .npz, never pickle)."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._errors import ParamError
+from ._io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from ._graph import Node, ParamSpec
+
+
+def _init_one(spec: ParamSpec, rng: np.random.Generator) -> np.ndarray:
+    if spec.init == "zeros":
+        return np.zeros(spec.shape, np.float32)
+    if spec.init == "ones":
+        return np.ones(spec.shape, np.float32)
+    if spec.init == "normal":
+        return (rng.standard_normal(spec.shape) * 0.02).astype(np.float32)
+    if spec.init == "glorot":
+        # Xavier/Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)); stacked kernels
+        # (leading dims) share the fans of their last two dims.
+        fan_in, fan_out = spec.shape[-2], spec.shape[-1]
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, spec.shape).astype(np.float32)
+    raise ValueError(f"unknown initialiser {spec.init!r}")
+
+
+def init_params(specs: Mapping[str, tuple[Node, ParamSpec]], seed: int) -> dict[str, np.ndarray]:
+    """One RNG stream per parameter, derived from the seed and the name: adding a layer does not
+    change the values of the others."""
+    out = {}
+    for name, (_, spec) in specs.items():
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        out[name] = _init_one(spec, rng)
+    return out
+
+
+def check_params(
+    specs: Mapping[str, tuple[Node, ParamSpec]], params: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """Check every name and shape; report all mismatches in one ParamError."""
+    if not isinstance(params, Mapping):
+        raise ParamError(f"params must be a dict name -> array, given {type(params).__name__}")
+    problems = []
+    out: dict[str, np.ndarray] = {}
+    for name, (node, spec) in specs.items():
+        if name not in params:
+            problems.append(f"missing {name!r}: expected f32{list(spec.shape)} "
+                            f"({node.op} defined at {node.location})")
+            continue
+        try:
+            arr = np.asarray(params[name])
+        except Exception:  # noqa: BLE001 - anything that numpy cannot read is a user mistake
+            problems.append(f"{name!r}: not an array (given {type(params[name]).__name__})")
+            continue
+        if arr.dtype.kind not in "fiu":
+            problems.append(f"{name!r}: expected a float array, given dtype {arr.dtype}")
+        elif tuple(arr.shape) != spec.shape:
+            problems.append(f"{name!r}: expected shape {list(spec.shape)}, given "
+                            f"{list(arr.shape)} ({node.op} defined at {node.location})")
+        else:
+            out[name] = arr.astype(np.float32, copy=False)
+    for name in params:
+        if name not in specs:
+            problems.append(f"unknown parameter {name!r}")
+    if problems:
+        raise ParamError(f"{len(problems)} parameter problem(s):\n  " + "\n  ".join(problems))
+    return out
+
+
+def save_params(params: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> None:
+    """Write params to `.safetensors` or `.npz`, atomically."""
+    path = os.fspath(path)
+    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in sorted(params.items())}
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save
+
+        data = save(arrays)
+    elif path.endswith(".npz"):
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+    else:
+        raise ParamError(f"save_params: path must end in .safetensors or .npz, given {path!r}")
+    atomic_write_bytes(path, data, what="save_params")
+
+
+def load_params(path: str | os.PathLike[str], model: Any = None) -> dict[str, np.ndarray]:
+    """Read params from `.safetensors` or `.npz`; with a model, check every name and shape."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ParamError(f"load_params: no such file {path!r}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            params = dict(load_file(path))
+        elif path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as data:
+                params = {k: data[k] for k in data.files}
+        else:
+            raise ParamError(f"load_params: path must end in .safetensors or .npz, given {path!r}")
+    except ParamError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt file is a user mistake, not a crash
+        raise ParamError(f"load_params: cannot read {path!r}: {exc}") from None
+    if model is not None:
+        return check_params(model.param_specs, params)
+    return params

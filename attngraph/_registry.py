@@ -1,0 +1,61 @@
+"""The op registry: each op's shape rule, numpy reference and ONNX lowerings, side by side.
+
+The interpreter and the exporter are generic loops over a graph that look each node's op up
+here. Op families live in `attngraph/ops/<family>.py` and register themselves on import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._types import TensorType
+
+# infer(input_types, attrs, fail) -> output types; `fail(message)` raises the layer's ShapeError.
+InferFn = Callable[..., "tuple[TensorType, ...]"]
+# reference(attrs, params, *inputs) -> tuple of numpy arrays.
+ReferenceFn = Callable[..., Any]
+# lower(builder, node, input_names) -> list of output names.
+LowerFn = Callable[..., "list[str]"]
+
+TARGETS = ("ort", "onnx", "decomposed")
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything attngraph knows about one op."""
+
+    name: str
+    infer: InferFn
+    reference: ReferenceFn
+    # Lowerings by target; "decomposed" is required and is the fallback for the other targets.
+    lower: dict[str, LowerFn] = field(default_factory=dict)
+
+    def lowering(self, target: str) -> LowerFn:
+        return self.lower.get(target) or self.lower["decomposed"]
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(
+    name: str,
+    *,
+    infer: InferFn,
+    reference: ReferenceFn,
+    decomposed: LowerFn,
+    ort: LowerFn | None = None,
+    onnx: LowerFn | None = None,
+) -> OpDef:
+    """Add an op to the registry; each op name is registered exactly once."""
+    if name in OPS:
+        raise RuntimeError(f"op {name!r} registered twice")
+    lower = {"decomposed": decomposed}
+    if ort is not None:
+        lower["ort"] = ort
+    if onnx is not None:
+        lower["onnx"] = onnx
+    op = OpDef(name, infer, reference, lower)
+    OPS[name] = op
+    return op

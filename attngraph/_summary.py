@@ -1,0 +1,33 @@
+"""`model.summary()`: an Axon.Display-like table of layers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._model import Model
+
+
+def summary_table(model: Model) -> str:
+    rows = [("layer", "op", "inputs", "output", "params")]
+    total = 0
+    for node in model.nodes:
+        count = 0
+        for p in node.params:
+            n = 1
+            for d in p.shape:
+                n *= d
+            count += n
+        total += count
+        ins = ", ".join(model.name_of(v.node) for v in node.inputs if v is not None)
+        out = ", ".join(str(t) for t in node.out_types)
+        rows.append((model.name_of(node), node.op, ins, out, f"{count:,}" if count else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    rule = "+-" + "-+-".join("-" * w for w in widths) + "-+"
+
+    def line(r: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
+    body = [rule, line(rows[0]), rule, *(line(r) for r in rows[1:]), rule]
+    body.append(f"Total parameters: {total:,}")
+    return "\n".join(body)

@@ -1,0 +1,160 @@
+"""`ag.export`: lower a model to ONNX for one target, check it, write it atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .._errors import ExportError, UnsupportedError, layer_message
+from .._params import check_params
+from .._registry import OPS, TARGETS
+from .._types import FLOAT_DTYPES, TensorType
+from .._io import atomic_write_bytes
+from ._builder import ONNX_DTYPES, Builder
+
+if TYPE_CHECKING:
+    from .._model import Model
+
+DEFAULT_OPSET = {"ort": 23, "onnx": 23, "decomposed": 17}
+MIN_OPSET = {"ort": 17, "onnx": 23, "decomposed": 17}
+MAX_OPSET = 25
+_EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initialisers; protobuf's hard limit is 2 GiB
+
+
+def _value_info(name: str, ttype: TensorType, float_dtype: str) -> onnx.ValueInfoProto:
+    dtype = float_dtype if ttype.dtype in FLOAT_DTYPES else ttype.dtype
+    dims: list[Any] = [d if d is not None else None for d in ttype.shape]
+    return helper.make_tensor_value_info(name, ONNX_DTYPES[dtype], dims)
+
+
+def export(
+    model: Model,
+    params: dict[str, np.ndarray],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    target: str = "ort",
+    opset: int | None = None,
+    dtype: str = "float32",
+) -> onnx.ModelProto:
+    """Lower `model` to ONNX with every attention layer as one fused node.
+
+    Args:
+        model: the model to export.
+        params: parameters, checked by name and shape.
+        path: where to write the `.onnx` file (atomically); None returns the proto only.
+        target: "ort" (onnxruntime contrib ops), "onnx" (standard Attention, opset 23+) or
+            "decomposed" (opset 17 primitives).
+        opset: the default ONNX opset; default 23 for "ort"/"onnx", 17 for "decomposed".
+        dtype: "float32" or "float16" for float inputs, outputs and weights.
+
+    Returns:
+        The ONNX model proto (the same bytes every time for the same model, params, target).
+
+    Raises:
+        ExportError: unknown target/dtype/opset, unwritable path.
+        UnsupportedError: a layer uses a feature the target cannot express.
+        ParamError: params do not match the model.
+    """
+    from .. import __version__
+
+    if target not in TARGETS:
+        raise ExportError(f"export: unknown target {target!r}; expected one of {list(TARGETS)}")
+    if dtype not in FLOAT_DTYPES:
+        raise ExportError(f"export: dtype must be 'float32' or 'float16', given {dtype!r}")
+    if opset is None:
+        opset = DEFAULT_OPSET[target]
+    if not isinstance(opset, int) or not MIN_OPSET[target] <= opset <= MAX_OPSET:
+        raise ExportError(
+            f"export: target {target!r} needs an opset in {MIN_OPSET[target]}..{MAX_OPSET}, "
+            f"given {opset!r}"
+        )
+    if path is not None:
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise ExportError(f"export: directory {directory!r} does not exist (path {path!r})")
+        if not os.access(directory, os.W_OK):
+            raise ExportError(f"export: directory {directory!r} is not writable (path {path!r})")
+    checked = check_params(model.param_specs, params)
+
+    b = Builder(target=target, opset=opset, dtype=dtype, params=checked)
+    names: dict[tuple[int, int], str] = {}
+    graph_inputs = []
+    for key, v in model.inputs.items():
+        names[(id(v.node), 0)] = key
+        b.used_names.add(key)
+        graph_inputs.append(_value_info(key, v.type, dtype))
+    for node in model.nodes:
+        if node.op == "input":
+            continue
+        layer = model.name_of(node)
+        b.begin(layer, node)
+        ins = [names[(id(v.node), v.index)] if v is not None else "" for v in node.inputs]
+        outs = OPS[node.op].lowering(target)(b, node, ins)
+        for i, out in enumerate(outs):
+            names[(id(node), i)] = out
+    graph_outputs = []
+    b.layer = ""
+    for key, v in model.outputs.items():
+        src = names[(id(v.node), v.index)]
+        b.nodes.append(helper.make_node("Identity", [src], [key], name=f"output/{key}"))
+        graph_outputs.append(_value_info(key, v.type, dtype))
+
+    graph = helper.make_graph(
+        b.nodes, model.name, graph_inputs, graph_outputs, initializer=list(b.initializers.values())
+    )
+    imports = [helper.make_opsetid("", opset)]
+    imports += [helper.make_opsetid(d, 1) for d in sorted(b.domains)]
+    proto = helper.make_model(graph, opset_imports=imports, producer_name="attngraph",
+                              producer_version=__version__)
+    proto.ir_version = 10 if opset <= 24 else 11
+    config = json.dumps(model.config(), sort_keys=True, separators=(",", ":"))
+    helper.set_model_props(proto, {
+        "attngraph.version": __version__,
+        "attngraph.target": target,
+        "attngraph.dtype": dtype,
+        "attngraph.config": config,
+    })
+    size = sum(t.ByteSize() for t in proto.graph.initializer)
+    if size > _EXTERNAL_DATA_THRESHOLD:
+        if path is None:
+            raise ExportError(
+                f"export: the model holds {size / 1e9:.1f} GB of weights, over ONNX's 2 GB "
+                "protobuf limit; pass a path so the weights go to external data beside it"
+            )
+        _write_external(proto, path)
+        return proto
+    _check(proto)
+    if path is not None:
+        atomic_write_bytes(path, proto.SerializeToString(), what="export")
+    return proto
+
+
+def _check(proto: onnx.ModelProto | str) -> None:
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - a checker failure is attngraph's bug; say so
+        raise ExportError(f"export: the lowered model fails onnx.checker (a bug in attngraph, "
+                          f"please report it): {exc}") from None
+
+
+def _write_external(proto: onnx.ModelProto, path: str) -> None:
+    """Write model + `<file>.data` into a temporary folder, check, then move both into place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    data_name = os.path.basename(path) + ".data"
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-") as tmp:
+        tmp_model = os.path.join(tmp, os.path.basename(path))
+        onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        _check(tmp_model)
+        os.replace(os.path.join(tmp, data_name), os.path.join(directory, data_name))
+        os.replace(tmp_model, path)
+
+
+__all__ = ["export", "UnsupportedError", "layer_message"]

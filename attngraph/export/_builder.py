@@ -1,0 +1,135 @@
+"""The graph builder lowerings write into. This package is the only one that imports onnx."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .._errors import UnsupportedError, layer_message
+from .._graph import Node
+
+ONNX_DTYPES = {
+    "float32": TensorProto.FLOAT,
+    "float16": TensorProto.FLOAT16,
+    "int64": TensorProto.INT64,
+    "int32": TensorProto.INT32,
+    "bool": TensorProto.BOOL,
+}
+
+
+class Builder:
+    """Collects ONNX nodes and initialisers, named after the layer being lowered."""
+
+    def __init__(self, *, target: str, opset: int, dtype: str,
+                 params: dict[str, np.ndarray]) -> None:
+        self.target = target
+        self.opset = opset
+        self.dtype = dtype  # float dtype of the exported model
+        self.np_dtype = np.dtype(dtype)
+        self.params = params
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.domains: set[str] = set()
+        self.used_names: set[str] = set()
+        self._const_cache: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+        self.layer = ""
+        self.node: Node | None = None
+
+    # -- context ---------------------------------------------------------------------------
+    def begin(self, layer: str, node: Node) -> None:
+        self.layer = layer
+        self.node = node
+
+    def unsupported(self, feature: str, hint: str = "") -> NoReturn:
+        """Raise the standard error for a feature this target cannot express."""
+        assert self.node is not None
+        msg = f"target {self.target!r} cannot express {feature}"
+        if hint:
+            msg += f"; {hint}"
+        raise UnsupportedError(layer_message(self.node.op, self.layer, msg, self.node.location))
+
+    def _unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used_names:
+            name = f"{base}_{k}"
+            k += 1
+        self.used_names.add(name)
+        return name
+
+    # -- nodes -----------------------------------------------------------------------------
+    def op(self, op_type: str, inputs: list[str], *, outputs: int = 1, domain: str = "",
+           tag: str | None = None, **attrs: Any) -> list[str]:
+        """Add a node; returns its output names. Names read `<layer>/<tag or OpType>`."""
+        name = self._unique(f"{self.layer}/{tag or op_type}")
+        outs = [name if outputs == 1 else f"{name}:{i}" for i in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(
+            helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs)
+        )
+        if domain:
+            self.domains.add(domain)
+        return outs
+
+    def op1(self, op_type: str, inputs: list[str], **kwargs: Any) -> str:
+        return self.op(op_type, inputs, **kwargs)[0]
+
+    def param(self, local: str) -> str:
+        """The initialiser holding this layer's parameter `local`, in the model's float dtype."""
+        full = f"{self.layer}.{local}"
+        if full not in self.initializers:
+            arr = np.ascontiguousarray(self.params[full].astype(self.np_dtype))
+            self.initializers[full] = numpy_helper.from_array(arr, full)
+            self.used_names.add(full)
+        return full
+
+    def const(self, value: Any, dtype: str | None = None, tag: str = "const") -> str:
+        """A constant initialiser (deduplicated); floats default to the model's dtype."""
+        arr = np.asarray(value)
+        if dtype is None:
+            dtype = self.dtype if arr.dtype.kind == "f" else ("bool" if arr.dtype.kind == "b"
+                                                               else "int64")
+        arr = np.ascontiguousarray(arr.astype(dtype))
+        key = (dtype, arr.shape, arr.tobytes())
+        if key not in self._const_cache:
+            name = self._unique(f"{self.layer}.{tag}")
+            self.initializers[name] = numpy_helper.from_array(arr, name)
+            self._const_cache[key] = name
+        return self._const_cache[key]
+
+    def ints(self, values: list[int] | tuple[int, ...], tag: str = "shape") -> str:
+        return self.const(np.asarray(values, np.int64), "int64", tag=tag)
+
+    # -- small helpers for opset-dependent forms -------------------------------------------
+    def require_opset(self, opset: int, feature: str) -> None:
+        if self.opset < opset:
+            self.unsupported(f"{feature} below opset {opset} (model opset {self.opset})",
+                             f"export with opset={opset} or higher")
+
+    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: bool = True) -> str:
+        if self.opset >= 18 or op_type == "ReduceSum":
+            return self.op1(op_type, [x, self.ints(axes, "axes")], keepdims=int(keepdims))
+        return self.op1(op_type, [x], axes=list(axes), keepdims=int(keepdims))
+
+    def unsqueeze(self, x: str, axes: list[int]) -> str:
+        return self.op1("Unsqueeze", [x, self.ints(axes, "axes")])
+
+    def reshape(self, x: str, shape: list[int] | str) -> str:
+        shape_name = shape if isinstance(shape, str) else self.ints(shape)
+        return self.op1("Reshape", [x, shape_name])
+
+    def transpose(self, x: str, perm: list[int]) -> str:
+        return self.op1("Transpose", [x], perm=list(perm))
+
+    def dim(self, x: str, axis: int) -> str:
+        """A 1-element int64 tensor holding x's size along `axis` (read at run time)."""
+        end = axis + 1 if axis != -1 else None
+        return self.op1("Shape", [x], start=axis, end=end)
+
+    def concat(self, xs: list[str], axis: int) -> str:
+        return self.op1("Concat", xs, axis=axis)
+
+    def cast(self, x: str, dtype: str) -> str:
+        return self.op1("Cast", [x], to=ONNX_DTYPES[dtype])

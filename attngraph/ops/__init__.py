@@ -1,0 +1,3 @@
+"""Op families; importing this package registers every op."""
+
+from . import attention, basic, norm, sequence  # noqa: F401

@@ -1,0 +1,179 @@
+"""Attention ops: `attention` (scaled dot-product on head-split tensors) and
+`multi_head_attention` (projections + attention + output projection, one node).
+
+Shape rules and numpy references live here; the graph forms live in `_attention_graph.py`
+(portable) and `_attention_fused.py` (onnxruntime contrib ops and the standard op).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._registry import register
+from .._types import INT_DTYPES, TensorType, same_dim
+from ._attention_fused import fused_attention
+from ._attention_graph import Attn, decomposed_attention
+from ._attention_math import attention_reference, merge_heads, split_heads
+from ._shapes import Fail, need_float
+
+
+def _check_masks(mask: Any, kpm: Any, batch: Any, hq: int, sq: Any, sk: Any, fail: Fail) -> None:
+    if kpm is not None:
+        if kpm.dtype not in ("bool", *INT_DTYPES):
+            fail(f"key_padding_mask must be bool or int (True/1 = attend), given {kpm}")
+        if kpm.rank != 2 or same_dim(kpm.shape[0], batch) is False or \
+                same_dim(kpm.shape[1], sk) is False:
+            fail(f"key_padding_mask must be [batch, kv_seq] = [{batch},{sk}], given {kpm}")
+    if mask is not None:
+        if mask.dtype not in ("bool", "float32", "float16"):
+            fail(f"mask must be bool (True = attend) or float (additive), given {mask}")
+        full = (batch, hq, sq, sk)
+        if mask.rank > 4 or any(
+            d != 1 and same_dim(d, f) is False for d, f in zip(mask.shape[::-1], full[::-1])
+        ):
+            fail(f"mask must broadcast to [batch, heads, q_seq, kv_seq] = "
+                 f"[{batch},{hq},{sq},{sk}], given {mask}")
+
+
+def attn_facts(node: Any, same_len: bool, hq: int, hkv: int, d: int, dv: int) -> Attn:
+    a, mask, kpm = node.attrs, node.inputs[-1], node.inputs[-2]
+    return Attn(
+        hq=hq, hkv=hkv, d=d, dv=dv, causal=a["causal"], window=a["window"], scale=a["scale"],
+        softcap=a["softcap"],
+        mask_kind=None if mask is None else ("bool" if mask.dtype == "bool" else "float"),
+        mask_rank=0 if mask is None else mask.type.rank,
+        has_kpm=kpm is not None, kpm_bool=kpm is not None and kpm.dtype == "bool",
+        same_len=same_len, return_weights=a["return_weights"], cross=not same_len,
+    )
+
+
+def _core(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
+          layout: str) -> list[str]:
+    if b.target == "decomposed":
+        out, weights = decomposed_attention(b, a, q, k, v, mask, kpm, layout)
+        return [out, weights] if a.return_weights else [out]
+    out = fused_attention(b, a, q, k, v, mask, kpm, layout)
+    if not a.return_weights:
+        return [out]
+    # Fused ops do not return their weights; inspection gets them from the portable form.
+    _, weights = decomposed_attention(b, a, q, k, v, mask, kpm, layout)
+    return [out, weights]
+
+
+# -- attention (head-split tensors) ----------------------------------------------------------
+
+
+def _sdpa_infer(types: list[Any], attrs: Any, fail: Fail) -> list[TensorType]:
+    q, k, v, kpm, mask = types
+    for t, what in ((q, "q"), (k, "k"), (v, "v")):
+        need_float(t, what, fail)
+        if t.rank != 4:
+            fail(f"{what} must be [batch, heads, seq, head_dim], given {t}")
+    if not q.dtype == k.dtype == v.dtype:
+        fail(f"q, k, v must share a dtype, given {q}, {k}, {v}")
+    (bq, hq, sq, dq), (bk, hk, sk, dk), (bv, hv, sv, dv) = q.shape, k.shape, v.shape
+    if same_dim(bq, bk) is False or same_dim(bq, bv) is False:
+        fail(f"q, k, v batch sizes differ: {q}, {k}, {v}")
+    if same_dim(dq, dk) is False:
+        fail(f"q and k head_dim differ: q {q}, k {k}")
+    if same_dim(hk, hv) is False or same_dim(sk, sv) is False:
+        fail(f"k and v must share heads and seq: k {k}, v {v}")
+    if not all(isinstance(x, int) for x in (hq, hk, dq, dv)):
+        fail(f"heads and head_dim must be static ints, given q {q}, k {k}, v {v}")
+    if hq % hk:
+        fail(f"kv heads ({hk}) must divide query heads ({hq}): q {q}, k {k}")
+    _check_masks(mask, kpm, bq, hq, sq, sk, fail)
+    out = [q.with_shape((bq, hq, sq, dv))]
+    if attrs["return_weights"]:
+        out.append(q.with_shape((bq, hq, sq, sk)))
+    return out
+
+
+def _sdpa_ref(attrs: Any, p: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+              kpm: np.ndarray | None, mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    out, weights = attention_reference(
+        q, k, v, mask=mask, key_padding_mask=kpm, causal=attrs["causal"],
+        window=attrs["window"], scale=attrs["scale"], softcap=attrs["softcap"],
+    )
+    return (out, weights) if attrs["return_weights"] else (out,)
+
+
+def _sdpa_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
+    q, k, v = (t.type for t in node.inputs[:3])
+    same = same_dim(q.shape[2], k.shape[2]) is True
+    a = attn_facts(node, same, q.shape[1], k.shape[1], q.shape[3], v.shape[3])
+    q_in, k_in, v_in, kpm, mask = ins
+    return _core(b, a, q_in, k_in, v_in, mask, kpm, "4d")
+
+
+register("attention", infer=_sdpa_infer, reference=_sdpa_ref, decomposed=_sdpa_lower,
+         ort=_sdpa_lower, onnx=_sdpa_lower)
+
+# -- multi-head attention (one node, with its projections) -----------------------------------
+
+
+def _mha_infer(types: list[Any], attrs: Any, fail: Fail) -> list[TensorType]:
+    x, ctx, kpm, mask = types
+    need_float(x, "input", fail)
+    if x.rank != 3 or x.shape[2] != attrs["embed_dim"]:
+        fail(f"expected input [batch, seq, {attrs['embed_dim']}], given {x}")
+    src = x if ctx is None else ctx
+    if ctx is not None:
+        need_float(ctx, "context", fail)
+        if ctx.rank != 3 or ctx.shape[2] != attrs["context_dim"] or ctx.dtype != x.dtype:
+            fail(f"expected context [batch, kv_seq, {attrs['context_dim']}] of {x.dtype}, "
+                 f"given {ctx}")
+        if same_dim(ctx.shape[0], x.shape[0]) is False:
+            fail(f"input and context batch sizes differ: {x} and {ctx}")
+    _check_masks(mask, kpm, x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], fail)
+    out = [x.with_shape((x.shape[0], x.shape[1], attrs["out_dim"]))]
+    if attrs["return_weights"]:
+        out.append(x.with_shape((x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1])))
+    return out
+
+
+def _mha_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, ctx: np.ndarray | None,
+             kpm: np.ndarray | None, mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    src = x if ctx is None else ctx
+
+    def proj(t: np.ndarray, name: str) -> np.ndarray:
+        y = t @ p[f"{name}.kernel"]
+        return y + p[f"{name}.bias"] if f"{name}.bias" in p else y
+
+    q = split_heads(proj(x, "query"), attrs["num_heads"])  # (B, Hq, Sq, D)
+    k = split_heads(proj(src, "key"), attrs["num_kv_heads"])  # (B, Hkv, Sk, D)
+    v = split_heads(proj(src, "value"), attrs["num_kv_heads"])  # (B, Hkv, Sk, D)
+    out, weights = attention_reference(
+        q, k, v, mask=mask, key_padding_mask=kpm, causal=attrs["causal"],
+        window=attrs["window"], scale=attrs["scale"], softcap=attrs["softcap"],
+    )
+    y = proj(merge_heads(out), "output")  # (B, Sq, Hq*D) -> (B, Sq, out_dim)
+    return (y, weights) if attrs["return_weights"] else (y,)
+
+
+def _mha_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
+    x, ctx, kpm, mask = ins
+    attrs = node.attrs
+    x_type, ctx_value = node.inputs[0].type, node.inputs[1]
+    same = ctx_value is None
+    hq, hkv, d = attrs["num_heads"], attrs["num_kv_heads"], attrs["head_dim"]
+    a = attn_facts(node, same or same_dim(x_type.shape[1], ctx_value.type.shape[1]) is True,
+                   hq, hkv, d, d)
+    a = Attn(**{**a.__dict__, "cross": not same})
+
+    def proj(t: str, name: str) -> str:
+        y = b.op1("MatMul", [t, b.param(f"{name}.kernel")], tag=f"{name}/MatMul")
+        if attrs["use_bias"]:
+            y = b.op1("Add", [y, b.param(f"{name}.bias")], tag=f"{name}/Add")
+        return y
+
+    src = ctx or x
+    q, k, v = proj(x, "query"), proj(src, "key"), proj(src, "value")  # (B, S, H*D)
+    outs = _core(b, a, q, k, v, mask, kpm, "3d")
+    return [proj(outs[0], "output"), *outs[1:]]
+
+
+register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
+         ort=_mha_lower, onnx=_mha_lower)

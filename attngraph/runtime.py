@@ -1,0 +1,108 @@
+"""`ag.Session`: run an exported model with onnxruntime. The only module importing onnxruntime."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._errors import AttnGraphError, ExportError, FeedError
+from ._feeds import check_feeds
+from ._types import TensorType
+
+class RuntimeFailure(AttnGraphError):
+    """onnxruntime refused or failed to run a model."""
+
+
+def default_providers() -> list[str]:
+    """CUDA first when onnxruntime offers it, then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class Session:
+    """An onnxruntime session with attngraph's feed checks.
+
+    Args:
+        model_or_path: a path to an .onnx file, an onnx.ModelProto, serialized bytes, or an
+            attngraph Model (then pass `params`; it is exported for `target` in memory).
+        providers: onnxruntime execution providers; default CUDA first when present, else CPU.
+        params, target, dtype: used only when a Model is given.
+    """
+
+    def __init__(self, model_or_path: Any, providers: Sequence[str] | None = None, *,
+                 params: Mapping[str, np.ndarray] | None = None, target: str = "ort",
+                 dtype: str = "float32", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        data = self._load_bytes(model_or_path, params, target, dtype)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.providers = list(providers) if providers is not None else default_providers()
+        try:
+            self._session = ort.InferenceSession(data, options, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises plain RuntimeErrors
+            what = data if isinstance(data, str) else "the model"
+            raise RuntimeFailure(f"Session: onnxruntime cannot load {what} (is it an ONNX "
+                                 f"model?): {str(exc).splitlines()[0]}") from None
+        self.inputs: dict[str, TensorType] = {
+            i.name: _tensor_type(i) for i in self._session.get_inputs()
+        }
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    @staticmethod
+    def _load_bytes(model_or_path: Any, params: Any, target: str, dtype: str) -> bytes | str:
+        from ._model import Model
+
+        if isinstance(model_or_path, Model):
+            if params is None:
+                raise ExportError("Session: a Model needs params=... (or pass an .onnx path)")
+            from .export import export
+
+            return export(model_or_path, params, target=target, dtype=dtype).SerializeToString()
+        if isinstance(model_or_path, (str, os.PathLike)):
+            path = os.fspath(model_or_path)
+            if not os.path.isfile(path):
+                raise ExportError(f"Session: no such file {path!r}")
+            return path  # a path lets onnxruntime find external data beside the file
+        if isinstance(model_or_path, bytes):
+            return model_or_path
+        if hasattr(model_or_path, "SerializeToString"):
+            return model_or_path.SerializeToString()
+        raise ExportError(f"Session: expected a path, ModelProto, bytes or Model, given "
+                          f"{type(model_or_path).__name__}")
+
+    def run(self, feeds: Mapping[str, Any], *, check_finite: bool = False,
+            outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Check feeds against the model's inputs (names, dtypes, shapes; NaN/Inf when
+        `check_finite`), run, and return outputs by name."""
+        arrays = check_feeds(self.inputs, feeds, check_finite=check_finite, where="Session.run")
+        names = list(outputs) if outputs is not None else self.output_names
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise FeedError(f"Session.run: unknown output(s) {unknown}; the model's outputs are "
+                            f"{self.output_names}")
+        try:
+            results = self._session.run(names, arrays)
+        except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
+            raise RuntimeFailure(f"Session.run: onnxruntime failed: {exc}") from None
+        return dict(zip(names, results))
+
+    @property
+    def session(self) -> Any:
+        """The underlying onnxruntime.InferenceSession."""
+        return self._session
+
+
+def _tensor_type(info: Any) -> TensorType:
+    kinds = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+             "tensor(int32)": "int32", "tensor(bool)": "bool"}
+    dims = tuple(d if isinstance(d, int) else (d if isinstance(d, str) else None)
+                 for d in info.shape)
+    return TensorType(kinds.get(info.type, info.type), dims)

@@ -1,0 +1,107 @@
+"""`ag.validate`: compare exported models in onnxruntime against the reference interpreter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._errors import ExportError
+from ._registry import TARGETS
+
+# (atol, rtol) per exported float dtype: |got - ref| <= atol + rtol * |ref| element-wise.
+TOLERANCES: dict[str, tuple[float, float]] = {"float32": (1e-4, 1e-4), "float16": (2e-2, 2e-2)}
+
+
+@dataclass
+class Check:
+    target: str
+    output: str
+    max_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+    passed: bool
+    error: str | None = None
+
+
+@dataclass
+class ValidationReport:
+    """Per target and output: max abs / rel error and pass/fail. `bool(report)` = all passed."""
+
+    dtype: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def worst(self, target: str) -> float:
+        return max((c.max_abs for c in self.checks if c.target == target), default=float("nan"))
+
+    def __str__(self) -> str:
+        rows = [("target", "output", "max abs err", "max rel err", "tolerance", "result")]
+        for c in self.checks:
+            rows.append((c.target, c.output, f"{c.max_abs:.2e}", f"{c.max_rel:.2e}",
+                         f"{c.atol:.0e}+{c.rtol:.0e}*|ref|",
+                         "pass" if c.passed else f"FAIL{': ' + c.error if c.error else ''}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append(f"validation ({self.dtype}): {'PASSED' if self.passed else 'FAILED'}")
+        return "\n".join(lines)
+
+
+def compare(target: str, name: str, got: np.ndarray, ref: np.ndarray, dtype: str) -> Check:
+    """One output's errors against the reference under the dtype's tolerance."""
+    atol, rtol = TOLERANCES[dtype]
+    got64, ref64 = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got64.shape != ref64.shape:
+        return Check(target, name, float("inf"), float("inf"), atol, rtol, False,
+                     f"shape {list(got64.shape)} != reference {list(ref64.shape)}")
+    if got64.size == 0:
+        return Check(target, name, 0.0, 0.0, atol, rtol, True)
+    finite_ok = bool(np.array_equal(np.isnan(got64), np.isnan(ref64)))
+    diff = np.abs(got64 - ref64)
+    diff = np.where(np.isnan(got64) & np.isnan(ref64), 0.0, diff)
+    max_abs = float(np.nanmax(diff)) if not np.isnan(diff).all() else float("inf")
+    max_rel = float(np.nanmax(diff / np.maximum(np.abs(ref64), 1e-6)))
+    passed = finite_ok and bool(np.all(diff <= atol + rtol * np.abs(ref64)))
+    return Check(target, name, max_abs, max_rel, atol, rtol, passed,
+                 None if finite_ok else "NaN where the reference has none")
+
+
+def validate(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping[str, Any],
+             targets: Sequence[str] = TARGETS, *, dtype: str = "float32",
+             providers: Sequence[str] | None = None) -> ValidationReport:
+    """Export for each target, run in onnxruntime, compare every output with `model.predict`.
+
+    Returns a ValidationReport; `report.passed` is True when every output of every target is
+    within the tolerance of `dtype` (TOLERANCES).
+    """
+    from .export import export
+    from .runtime import Session
+
+    if isinstance(targets, str):
+        targets = (targets,)
+    for t in targets:
+        if t not in TARGETS:
+            raise ExportError(f"validate: unknown target {t!r}; expected some of {list(TARGETS)}")
+    if dtype not in TOLERANCES:
+        raise ExportError(f"validate: dtype must be one of {list(TOLERANCES)}, given {dtype!r}")
+    ref = model.predict(params, feeds)
+    run_feeds = {k: np.asarray(v).astype(dtype) if np.asarray(v).dtype.kind == "f"
+                 else np.asarray(v) for k, v in feeds.items()}
+    report = ValidationReport(dtype)
+    for target in targets:
+        proto = export(model, params, target=target, dtype=dtype)
+        session = Session(proto, providers)
+        got = session.run(run_feeds)
+        for name, expected in ref.items():
+            report.checks.append(compare(target, name, got[name], expected, dtype))
+    return report
