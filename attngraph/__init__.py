@@ -25,7 +25,7 @@ from ._graph import Value
 from ._model import Model
 from ._params import load_params, save_params
 from ._types import TensorType
-from .export import export
+from ._export import export
 from .layers import (
     add,
     concatenate,

@@ -63,7 +63,7 @@ class Session:
         if isinstance(model_or_path, Model):
             if params is None:
                 raise ExportError("Session: a Model needs params=... (or pass an .onnx path)")
-            from .export import export
+            from ._export import export
 
             return export(model_or_path, params, target=target, dtype=dtype).SerializeToString()
         if isinstance(model_or_path, (str, os.PathLike)):

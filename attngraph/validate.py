@@ -84,7 +84,7 @@ def validate(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping[str, A
     Returns a ValidationReport; `report.passed` is True when every output of every target is
     within the tolerance of `dtype` (TOLERANCES).
     """
-    from .export import export
+    from ._export import export
     from .runtime import Session
 
     if isinstance(targets, str):

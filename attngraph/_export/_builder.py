@@ -91,7 +91,7 @@ class Builder:
         if dtype is None:
             dtype = self.dtype if arr.dtype.kind == "f" else ("bool" if arr.dtype.kind == "b"
                                                                else "int64")
-        arr = np.ascontiguousarray(arr.astype(dtype))
+        arr = np.array(arr, dtype=dtype, order="C")  # ascontiguousarray would make 0-d 1-d
         key = (dtype, arr.shape, arr.tobytes())
         if key not in self._const_cache:
             name = self._unique(f"{self.layer}.{tag}")

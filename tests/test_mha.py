@@ -1,0 +1,89 @@
+"""multi_head_attention (projections + attention, one node) on every target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attngraph as ag
+from conftest import assert_parity, randn
+
+B, S, E = 2, 7, 30
+
+
+def mha_model(num_heads: int = 6, ctx_len: object = None, ctx_dim: int = 14, kpm: bool = False,
+              **opts: object) -> ag.Model:
+    x = ag.input("x", ("batch", "seq", E))
+    inputs = [x]
+    ctx = None
+    if ctx_len is not None:
+        ctx = ag.input("ctx", ("batch", "ctx_seq", ctx_dim))
+        inputs.append(ctx)
+    extra = {}
+    if kpm:
+        extra["key_padding_mask"] = ag.input("kpm", ("batch", "ctx_seq" if ctx else "seq"), "bool")
+        inputs.append(extra["key_padding_mask"])
+    y = ag.multi_head_attention(x, ctx, num_heads=num_heads, name="attn", **extra, **opts)
+    return ag.Model(inputs, y)
+
+
+def feeds(ctx_len: int | None = None, ctx_dim: int = 14) -> dict[str, np.ndarray]:
+    f = {"x": randn(B, S, E, seed=11)}
+    if ctx_len is not None:
+        f["ctx"] = randn(B, ctx_len, ctx_dim, seed=12)
+    return f
+
+
+@pytest.mark.parametrize("kv", [None, 1, 3])
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_mha_mqa_gqa(target: str, kv: int | None, causal: bool) -> None:
+    assert_parity(mha_model(num_kv_heads=kv, causal=causal), None, feeds(), target)
+
+
+@pytest.mark.parametrize("kv", [None, 2])
+def test_sliding_window_self_attention(target: str, kv: int | None) -> None:
+    assert_parity(mha_model(num_kv_heads=kv, window=3), None, feeds(), target)
+
+
+def test_cross_attention_other_length_and_dim(target: str) -> None:
+    assert_parity(mha_model(ctx_len=9), None, feeds(ctx_len=9), target)
+
+
+def test_cross_attention_gqa_with_padding(target: str) -> None:
+    f = feeds(ctx_len=4)
+    f["kpm"] = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], bool)
+    assert_parity(mha_model(ctx_len=4, kpm=True, num_kv_heads=2), None, f, target)
+
+
+def test_causal_cross_attention_is_bottom_right(target: str) -> None:
+    """Sq=7 queries over Sk=9 keys: query i attends keys j <= 2 + i."""
+    assert_parity(mha_model(ctx_len=9, causal=True), None, feeds(ctx_len=9), target)
+
+
+def test_self_attention_padding_causal_softcap(target: str) -> None:
+    f = feeds()
+    f["kpm"] = np.ones((B, S), bool)
+    f["kpm"][1, :2] = False
+    model = mha_model(kpm=True, causal=True, num_kv_heads=2, softcap=3.0)
+    if target == "onnx":
+        with pytest.raises(ag.UnsupportedError, match="softcap"):
+            ag.export(model, model.init(), target=target)
+        return
+    assert_parity(model, None, f, target)
+
+
+def test_head_dim_out_dim_no_bias(target: str) -> None:
+    model = mha_model(num_heads=4, head_dim=5, out_dim=11, use_bias=False)
+    assert model.outputs["output"].shape == ("batch", "seq", 11)
+    assert "attn.query.bias" not in model.param_shapes
+    assert model.param_shapes["attn.query.kernel"] == (E, 20)
+    assert_parity(model, None, feeds(), target)
+
+
+def test_return_weights(target: str) -> None:
+    x = ag.input("x", ("batch", "seq", E))
+    y, w = ag.multi_head_attention(x, num_heads=3, causal=True, return_weights=True)
+    model = ag.Model(x, {"y": y, "weights": w})
+    ref = assert_parity(model, None, feeds(), target)
+    np.testing.assert_allclose(ref["weights"].sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.triu(ref["weights"][0, 0], 1) == 0)
