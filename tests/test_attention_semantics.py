@@ -10,22 +10,24 @@ import pytest
 import attngraph as ag
 from conftest import assert_parity, randn, rng
 
-B, HQ, HKV, SQ, SK, D, DV = 2, 6, 2, 5, 7, 8, 4
+B, HQ, HKV, SQ, SK, D, DV = 2, 6, 2, 5, 7, 8, 8
 
 
 def sdpa_model(sq: int = SQ, sk: int = SK, hq: int = HQ, hkv: int = HKV, d: int = D,
                dv: int = DV, mask_shape: tuple | None = None, mask_dtype: str = "bool",
                kpm: bool = False, **opts: object) -> ag.Model:
-    q = ag.input("q", ("batch", hq, "q_seq", d))
-    k = ag.input("k", ("batch", hkv, "kv_seq", d))
-    v = ag.input("v", ("batch", hkv, "kv_seq", dv))
+    # equal lengths share one symbol, so the exporter knows Sq == Sk (self-attention)
+    q_seq, kv_seq = ("seq", "seq") if sq == sk else ("q_seq", "kv_seq")
+    q = ag.input("q", ("batch", hq, q_seq, d))
+    k = ag.input("k", ("batch", hkv, kv_seq, d))
+    v = ag.input("v", ("batch", hkv, kv_seq, dv))
     inputs = [q, k, v]
     extra = {}
     if mask_shape is not None:
         extra["mask"] = ag.input("mask", mask_shape, mask_dtype)
         inputs.append(extra["mask"])
     if kpm:
-        extra["key_padding_mask"] = ag.input("kpm", ("batch", "kv_seq"), "bool")
+        extra["key_padding_mask"] = ag.input("kpm", ("batch", kv_seq), "bool")
         inputs.append(extra["key_padding_mask"])
     out = ag.scaled_dot_product_attention(q, k, v, **extra, **opts)
     return ag.Model(inputs, out)
@@ -257,3 +259,14 @@ def test_everything_at_once(target: str) -> None:
     feeds["mask"] = rng(7).random((7, 7)) > 0.2
     model = sdpa_model(7, 7, mask_shape=(7, 7), kpm=True, window=4, scale=0.3)
     assert_parity(model, {}, feeds, target)
+
+
+@pytest.mark.parametrize("sq,sk", [(7, 7), (5, 7)])
+def test_value_head_dim_differs(target: str, sq: int, sk: int) -> None:
+    feeds = qkv(sq, sk, dv=3)
+    assert_parity(sdpa_model(sq, sk, dv=3, causal=True), {}, feeds, target)
+
+
+def test_odd_head_dim(target: str) -> None:
+    feeds = qkv(7, 7, d=5, dv=5)
+    assert_parity(sdpa_model(7, 7, d=5, dv=5, window=3), {}, feeds, target)

@@ -65,10 +65,6 @@ def test_self_attention_padding_causal_softcap(target: str) -> None:
     f["kpm"] = np.ones((B, S), bool)
     f["kpm"][1, :2] = False
     model = mha_model(kpm=True, causal=True, num_kv_heads=2, softcap=3.0)
-    if target == "onnx":
-        with pytest.raises(ag.UnsupportedError, match="softcap"):
-            ag.export(model, model.init(), target=target)
-        return
     assert_parity(model, None, f, target)
 
 
@@ -87,3 +83,35 @@ def test_return_weights(target: str) -> None:
     ref = assert_parity(model, None, feeds(), target)
     np.testing.assert_allclose(ref["weights"].sum(-1), 1.0, atol=1e-5)
     assert np.all(np.triu(ref["weights"][0, 0], 1) == 0)
+
+
+ROUTES = [  # (options, embed, heads, the fused op the "ort" target should pick)
+    ({"causal": True}, 48, 6, "GroupQueryAttention"),
+    ({"window": 3}, 48, 6, "GroupQueryAttention"),
+    ({"num_kv_heads": 2}, 48, 6, "GroupQueryAttention"),
+    ({"softcap": 2.0, "window": (2, 1)}, 48, 6, "GroupQueryAttention"),
+    ({}, 48, 6, "MultiHeadAttention"),
+    ({"window": (1, 2)}, 48, 6, "MultiHeadAttention"),
+    ({"causal": True}, 30, 6, "MultiHeadAttention"),  # head_size 5: no GQA
+    ({"num_kv_heads": 2, "causal": True}, 30, 6, "Attention"),
+    ({"softcap": 2.0}, 30, 6, "Attention"),
+]
+
+
+@pytest.mark.parametrize("opts,embed,heads,op", ROUTES)
+def test_ort_routing_and_parity(opts: dict, embed: int, heads: int, op: str) -> None:
+    """Each route of the "ort" target, with padding so masks and dead rows are exercised."""
+    x = ag.input("x", ("batch", "seq", embed))
+    kpm = ag.input("kpm", ("batch", "seq"), "bool")
+    model = ag.Model([x, kpm], ag.multi_head_attention(x, num_heads=heads, key_padding_mask=kpm,
+                                                       **opts))
+    proto = ag.export(model, model.init(), target="ort")
+    fused = [n.op_type for n in proto.graph.node if n.op_type in
+             ("GroupQueryAttention", "MultiHeadAttention", "Attention")]
+    assert fused == [op]
+    pad = np.ones((B, S), bool)
+    pad[1, :3] = False  # left padding: with causal, the first rows of batch 1 see nothing
+    f = {"x": randn(B, S, embed, seed=13), "kpm": pad}
+    ref = assert_parity(model, None, f, "ort")["output"]
+    if opts.get("causal") or isinstance(opts.get("window"), int):
+        assert np.all(ref[1, :3] == 0)

@@ -1,24 +1,35 @@
 """Fused attention lowerings: onnxruntime's contrib ops ("ort") and the standard op ("onnx").
 
 Each fused op is used only where its semantics fit DESIGN §4 exactly; the rest is expressed
-with an explicit mask and a fully-masked-row fix-up (see `_attention_graph.py`), or refused
-with a clear error. Traps handled here (measured on onnxruntime 1.32 CPU):
-- MultiHeadAttention masks with -10000 and turns fully masked rows into unmasked attention;
-  its `unidirectional` is aligned neither way when Sq < Sk. attngraph never uses its padding
-  mask or `unidirectional` unless Sq == Sk, and feeds an additive bias instead.
-- The standard Attention op aligns causal top-left when Sq != Sk and applies softcap after the
-  mask; attngraph uses `is_causal` only when Sq == Sk and refuses softcap together with masks.
+with an explicit mask and, where rows can be fully masked, a fix-up that writes zeros (see
+`_attention_graph.py`). Facts measured on onnxruntime 1.32 CPU that shape these choices:
+
+- MultiHeadAttention: masks with -10000 (a fully padded row becomes unmasked attention) and
+  its `unidirectional` is aligned neither way when Sq < Sk; a -inf bias gives NaN rows. So
+  attngraph feeds an additive bias of the dtype's minimum, uses `unidirectional` only when
+  Sq == Sk, and zeroes dead rows itself. No softcap, no GQA.
+- GroupQueryAttention: self-attention only (Sq == Sk without a cache), head_size % 8 == 0,
+  Dv == D; `causal` attribute (default 1); `local_window_size` W = the last W keys including
+  the query (our int window), only with causal; softcap is applied before the bias and the
+  causal mask, as DESIGN §4 wants; `attention_bias` [B|1, H|1, Sq, Sk].
+- Attention (opset 23): causal is top-left when Sq != Sk without a cache, so `is_causal` is
+  used only when Sq == Sk; softcap comes before masking; fully masked rows (bool False or
+  -inf) give zeros; the mask's query axis must be full length.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ._attention_graph import (
     Attn,
     additive_bias,
     allow_mask,
+    expand_rows,
     from_heads,
+    positional_allow,
     rows_alive,
     to_heads,
     zero_dead_rows,
@@ -27,59 +38,99 @@ from ._attention_graph import (
 
 def fused_attention(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
                     layout: str) -> str:
-    """One fused attention node (plus mask/fix-up helpers); output in the input `layout`."""
+    """One fused attention node (plus mask helpers); output in the input `layout`."""
     if b.target == "ort":
+        if _gqa_fits(a):
+            return _in_3d(b, a, q, k, v, layout, lambda q3, k3, v3: _ms_gqa(b, a, q3, k3, v3,
+                                                                             mask, kpm))
         if a.softcap is None and a.hkv == a.hq:
-            return _ms_multi_head(b, a, q, k, v, mask, kpm, layout)
+            return _in_3d(b, a, q, k, v, layout, lambda q3, k3, v3: _ms_mha(b, a, q3, k3, v3,
+                                                                             mask, kpm))
     return _standard(b, a, q, k, v, mask, kpm, layout)
 
 
-def _finish(b: Any, a: Attn, out: str, allow: str | None, layout: str) -> str:
-    if allow is not None and a.can_fully_mask:
-        return zero_dead_rows(b, a, rows_alive(b, allow), out, layout)
-    return out
+def _gqa_fits(a: Attn) -> bool:
+    """GroupQueryAttention serves self-attention with head_size % 8 == 0 and Dv == D, and is
+    worth it for grouped heads, softcap, causal attention or a sliding window."""
+    if not a.same_len or a.d % 8 or a.dv != a.d:
+        return False
+    return a.hkv < a.hq or a.softcap is not None or a.causal or isinstance(a.window, int)
 
 
-def _standard(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
-              layout: str) -> str:
-    """The standard ONNX Attention op (opset 23)."""
-    b.require_opset(23, "the standard Attention op")
-    seq_axis = 1 if layout == "3d" else 2
-    native_causal = a.causal and a.window is None and a.same_len
-    allow = allow_mask(b, a, q, k, mask, kpm, seq_axis, positional=not native_causal)
-    if a.softcap is not None and (allow is not None or native_causal):
-        b.unsupported(
-            "softcap together with causal/window/masks (the standard Attention op applies "
-            "softcap after masking, which would un-mask positions)",
-            "use target='ort' (GroupQueryAttention) or target='decomposed'",
-        )
-    inputs = [q, k, v]
+def _in_3d(b: Any, a: Attn, q: str, k: str, v: str, layout: str, fn: Any) -> str:
+    """Run a [B, S, H*D] contrib op on tensors given in `layout`."""
+    if layout == "3d":
+        return fn(q, k, v)
+    out = fn(from_heads(b, q, a.hq, a.d), from_heads(b, k, a.hkv, a.d),
+             from_heads(b, v, a.hkv, a.dv))  # (B, Sq, H*Dv)
+    return to_heads(b, out, a.hq, a.dv)  # (B, H, Sq, Dv)
+
+
+def _fix_rows(b: Any, a: Attn, out: str, allow: str | None, q: str, k: str,
+              native_positional: bool) -> str:
+    """Zero the rows that mask and position together leave without keys (the contrib ops
+    would average over every key there instead)."""
+    if allow is None or not a.can_fully_mask:
+        return out
+    if native_positional:  # the op applied causal/window itself; the dead rows need it too
+        allow = b.op1("And", [allow, b.unsqueeze(positional_allow(b, a, q, k, 1), [0, 1])])
+    return zero_dead_rows(b, a, rows_alive(b, allow), out, "3d")
+
+
+def _ms_gqa(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str:
+    """com.microsoft.GroupQueryAttention on (B, S, H*D) tensors, no cache."""
+    native_window = isinstance(a.window, int)
+    native_causal = a.causal or native_window
+    allow = allow_mask(b, a, q, k, mask, kpm, 1, positional=False)
+    if a.window is not None and not native_window:  # (left, right) band: explicit
+        band = allow_mask(b, a, q, k, mask, kpm, 1, positional=True, padding=False)
+        allow = band if allow is None else b.op1("And", [allow, band])
+        native_causal = False
+    seq = b.dim(q, 1)  # (1,) int64
+    batch = b.dim(q, 0)
+    seqlens = b.op1("Expand", [b.cast(b.op1("Sub", [seq, b.ints([1])]), "int32"), batch])
+    total = b.cast(b.op1("Squeeze", [seq]), "int32")
+    inputs = [q, k, v, "", "", seqlens, total]
     if allow is not None:
-        # onnxruntime wants the mask's query axis at full length (no broadcasting there)
-        full = b.concat([b.ints([1, 1]), b.dim(q, seq_axis), b.dim(k, seq_axis)], 0)
-        allow = b.op1("Expand", [allow, full])
-        inputs.append(additive_bias(b, a, allow, mask) if a.mask_kind == "float" else allow)
-    heads = {"q_num_heads": a.hq, "kv_num_heads": a.hkv} if layout == "3d" else {}
-    out = b.op1("Attention", inputs, tag="Attention", scale=a.scale,
-                is_causal=int(native_causal), softcap=a.softcap, **heads)
-    return _finish(b, a, out, allow, layout)
+        allow = expand_rows(b, allow, q, k, 1)
+        inputs += ["", "", "", additive_bias(b, a, allow, mask)]
+    out = b.op(
+        "GroupQueryAttention", inputs, outputs=3, domain="com.microsoft",
+        tag="GroupQueryAttention", num_heads=a.hq, kv_num_heads=a.hkv, scale=a.scale,
+        softcap=a.softcap, causal=int(native_causal),
+        local_window_size=a.window if native_window else None,
+    )[0]
+    return _fix_rows(b, a, out, allow, q, k, native_causal)
 
 
-def _ms_multi_head(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
-                   layout: str) -> str:
-    """com.microsoft.MultiHeadAttention: Hq == Hkv, no softcap; masks as an additive bias."""
-    if layout == "4d":
-        q = from_heads(b, q, a.hq, a.d)  # (B, Sq, H*D)
-        k = from_heads(b, k, a.hkv, a.d)  # (B, Sk, H*D)
-        v = from_heads(b, v, a.hkv, a.dv)  # (B, Sk, H*Dv)
+def _ms_mha(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str:
+    """com.microsoft.MultiHeadAttention on (B, S, H*D): Hq == Hkv, no softcap."""
     native_causal = a.causal and a.window is None and a.same_len
     allow = allow_mask(b, a, q, k, mask, kpm, 1, positional=not native_causal)
     inputs = [q, k, v, "", ""]
     if allow is not None:
+        allow = expand_rows(b, allow, q, k, 1)
         inputs.append(additive_bias(b, a, allow, mask))
     out = b.op1("MultiHeadAttention", inputs, domain="com.microsoft", tag="MultiHeadAttention",
                 num_heads=a.hq, scale=a.scale, unidirectional=int(native_causal))
-    out = _finish(b, a, out, allow, "3d")
-    if layout == "4d":
-        out = to_heads(b, out, a.hq, a.dv)  # (B, H, Sq, Dv)
-    return out
+    return _fix_rows(b, a, out, allow, q, k, native_causal)
+
+
+def _standard(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
+              layout: str) -> str:
+    """The standard ONNX Attention op (opset 23); it zeroes fully masked rows itself."""
+    b.require_opset(23, "the standard Attention op")
+    seq_axis = 1 if layout == "3d" else 2
+    native_causal = a.causal and a.window is None and a.same_len
+    allow = allow_mask(b, a, q, k, mask, kpm, seq_axis, positional=not native_causal)
+    inputs = [q, k, v]
+    if allow is not None:
+        allow = expand_rows(b, allow, q, k, seq_axis)
+        if a.mask_kind == "float":
+            lead = list(range(4 - a.mask_rank))
+            user = b.unsqueeze(mask, lead) if lead else mask
+            allow = b.op1("Where", [allow, user, b.const(np.array(-np.inf))])
+        inputs.append(allow)
+    heads = {"q_num_heads": a.hq, "kv_num_heads": a.hkv} if layout == "3d" else {}
+    return b.op1("Attention", inputs, tag="Attention", scale=a.scale,
+                 is_causal=int(native_causal), softcap=a.softcap, **heads)

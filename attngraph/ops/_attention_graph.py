@@ -124,6 +124,13 @@ def allow_mask(b: Any, a: Attn, q: str, k: str, mask: str, kpm: str, seq_axis: i
     return allow
 
 
+def expand_rows(b: Any, allow: str, q: str, k: str, seq_axis: int) -> str:
+    """Broadcast a mask to [B|1, H|1, Sq, Sk]: onnxruntime's fused ops do not broadcast the
+    query and key axes of their masks."""
+    full = b.concat([b.ints([1, 1]), b.dim(q, seq_axis), b.dim(k, seq_axis)], 0)
+    return b.op1("Expand", [allow, full])
+
+
 def additive_bias(b: Any, a: Attn, allow: str, mask: str) -> str:
     """Float bias: the user's float mask (or 0) where allowed, the dtype's minimum elsewhere."""
     if a.mask_kind == "float":
