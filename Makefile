@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m attngraph.demo
+	$(PY) examples/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
@@ -24,7 +24,8 @@ bench: $(STAMP)
 	$(PY) bench/attention.py
 
 export: $(STAMP)
-	$(PY) -m attngraph.examples_runner
+	rm -f exported/*.onnx exported/MANIFEST.json
+	for f in examples/[a-z]*.py; do [ $$f = examples/demo.py ] || $(PY) $$f || exit 1; done
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff mypy

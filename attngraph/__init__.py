@@ -25,6 +25,7 @@ from ._graph import Value
 from ._model import Model
 from ._params import load_params, save_params
 from ._types import TensorType
+from .blocks import feed_forward, transformer_block
 from ._export import export
 from .layers import (
     add,
@@ -49,14 +50,14 @@ from .layers import (
     tanh,
 )
 from .runtime import RuntimeFailure, Session
-from .validate import ValidationReport, validate
+from ._validate import ValidationReport, validate
 
 __all__ = [
     "AttnGraphError", "ConfigError", "ExportError", "FeedError", "GraphError", "Model",
     "ParamError", "RuntimeFailure", "Session", "ShapeError", "TensorType", "UnsupportedError",
     "ValidationReport", "Value", "__version__", "add", "concatenate", "dense", "dropout",
-    "embedding", "export", "gelu", "input", "last_timestep", "layer_norm", "load_params",
+    "embedding", "export", "feed_forward", "gelu", "input", "last_timestep", "layer_norm", "load_params",
     "mean_pool", "multi_head_attention", "multiply", "positional_encoding", "relu", "rms_norm",
     "save_params", "scaled_dot_product_attention", "sigmoid", "silu", "softmax", "tanh",
-    "validate",
+    "transformer_block", "validate",
 ]

@@ -1,0 +1,64 @@
+"""The main job: build the example models, export each for every target into exported/, run
+them in onnxruntime, validate against the numpy reference and print one table.
+
+    make demo
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import attngraph as ag  # noqa: E402
+import bert_small  # noqa: E402
+import gpt_small  # noqa: E402
+import sliding_window  # noqa: E402
+from _export_util import TARGETS, export_example  # noqa: E402
+from attngraph._validate import compare  # noqa: E402
+
+EXAMPLES = {"sliding_window": sliding_window, "gpt_small": gpt_small, "bert_small": bert_small}
+FUSED = ("MultiHeadAttention", "GroupQueryAttention", "Attention")
+
+
+def main() -> int:
+    rows = []
+    ok = True
+    for name, module in EXAMPLES.items():
+        model, params = module.build()
+        feeds = module.feeds()
+        reference = model.predict(params, feeds)
+        paths = export_example(name, module.build)
+        for target, path in zip(TARGETS, paths):
+            graph = onnx.load(path).graph
+            fused = sorted({n.op_type for n in graph.node if n.op_type in FUSED})
+            n_fused = sum(n.op_type in FUSED for n in graph.node)
+            session = ag.Session(path)
+            start = time.perf_counter()
+            got = session.run(feeds)
+            ms = (time.perf_counter() - start) * 1e3
+            for out, expected in reference.items():
+                check = compare(target, out, got[out], expected, "float32")
+                ok &= check.passed
+                rows.append((name, target, out, f"{n_fused} x {'/'.join(fused) or '-'}",
+                             "x".join(map(str, got[out].shape)), f"{check.max_abs:.1e}",
+                             f"{ms:.1f}", "pass" if check.passed else "FAIL"))
+    header = ("model", "target", "output", "attention nodes", "shape", "max abs err", "ms",
+              "result")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print()
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"\n{'all outputs agree with the reference' if ok else 'SOME OUTPUTS DISAGREE'} "
+          f"(fp32 tolerance 1e-4 + 1e-4*|ref|); providers: {', '.join(ag.Session(paths[0]).providers)}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    sys.exit(main())
