@@ -1,0 +1,79 @@
+"""The public surface: a snapshot of names, golden dumps of lowered graphs, big models."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import attngraph as ag
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+
+PUBLIC = """
+AttnGraphError ConfigError ExportError FeedError GraphError Model ParamError RuntimeFailure
+Session ShapeError TensorType UnsupportedError ValidationReport Value __version__ add
+concatenate dense dropout embedding export feed_forward gelu input last_timestep layer_norm
+load_params mean_pool multi_head_attention multiply positional_encoding relu rms_norm
+save_params scaled_dot_product_attention sigmoid silu softmax tanh transformer_block validate
+""".split()
+
+
+def test_public_api_snapshot() -> None:
+    assert sorted(ag.__all__) == sorted(PUBLIC)
+    for name in PUBLIC:
+        assert hasattr(ag, name), name
+
+
+def dump(proto: onnx.ModelProto) -> str:
+    """One line per node: name, op (with domain), inputs -> outputs, sorted attributes."""
+    lines = [f"opsets: {sorted((o.domain or 'ai.onnx', o.version) for o in proto.opset_import)}"]
+    for n in proto.graph.node:
+        attrs = ", ".join(f"{a.name}={onnx.helper.get_attribute_value(a)!r}"
+                          for a in sorted(n.attribute, key=lambda a: a.name))
+        op = f"{n.domain}.{n.op_type}" if n.domain else n.op_type
+        lines.append(f"{n.name}: {op}({', '.join(n.input)}) -> {', '.join(n.output)}"
+                     + (f" [{attrs}]" if attrs else ""))
+    return "\n".join(lines) + "\n"
+
+
+def golden_model() -> ag.Model:
+    x = ag.input("x", ("batch", "seq", 32))
+    kpm = ag.input("kpm", ("batch", "seq"), "bool")
+    y = ag.multi_head_attention(x, num_heads=4, num_kv_heads=2, window=5, key_padding_mask=kpm,
+                                name="attn")
+    return ag.Model([x, kpm], y)
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx", "decomposed"])
+def test_golden_graph_dumps(target: str) -> None:
+    """Lowered graphs are reviewed as text; regenerate with AG_UPDATE_GOLDEN=1."""
+    model = golden_model()
+    text = dump(ag.export(model, model.init(), target=target))
+    path = os.path.join(GOLDEN, f"gqa_window_padding.{target}.txt")
+    if os.environ.get("AG_UPDATE_GOLDEN"):
+        os.makedirs(GOLDEN, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        assert text == f.read(), f"lowering changed; review and regenerate {path}"
+
+
+def test_big_models_use_external_data(tmp_path, monkeypatch) -> None:
+    import attngraph._export as export_module
+
+    monkeypatch.setattr(export_module, "_EXTERNAL_DATA_THRESHOLD", 1000)
+    x = ag.input("x", ("batch", 16))
+    model = ag.Model(x, ag.dense(x, 64, name="big"))
+    params = model.init()
+    with pytest.raises(ag.ExportError, match="pass a path"):
+        ag.export(model, params)
+    path = tmp_path / "big.onnx"
+    ag.export(model, params, path)
+    assert (tmp_path / "big.onnx.data").stat().st_size >= 16 * 64 * 4
+    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
+    feeds = {"x": np.ones((2, 16), np.float32)}
+    got = ag.Session(str(path), ["CPUExecutionProvider"]).run(feeds)["output"]
+    np.testing.assert_allclose(got, model.predict(params, feeds)["output"], atol=1e-5)
