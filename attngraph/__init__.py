@@ -21,12 +21,13 @@ from ._errors import (
     ShapeError,
     UnsupportedError,
 )
+from ._export import export
 from ._graph import Value
 from ._model import Model
 from ._params import load_params, save_params
 from ._types import TensorType
+from ._validate import ValidationReport, validate
 from .blocks import feed_forward, transformer_block
-from ._export import export
 from .layers import (
     add,
     concatenate,
@@ -50,7 +51,6 @@ from .layers import (
     tanh,
 )
 from .runtime import RuntimeFailure, Session
-from ._validate import ValidationReport, validate
 
 __all__ = [
     "AttnGraphError", "ConfigError", "ExportError", "FeedError", "GraphError", "Model",

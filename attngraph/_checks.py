@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NoReturn
 
 from ._errors import ConfigError, layer_message
@@ -39,7 +40,7 @@ class Checker:
                lo: float | None = None, hi: float | None = None) -> float | None:
         if x is None and optional:
             return None
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
             self.fail(f"{what} must be a number, given {x!r}")
         if positive and x <= 0:
             self.fail(f"{what} must be > 0, given {x!r}")

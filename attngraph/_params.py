@@ -87,7 +87,7 @@ def save_params(params: Mapping[str, np.ndarray], path: str | os.PathLike[str]) 
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
         data = buf.getvalue()
     else:
         raise ParamError(f"save_params: path must end in .safetensors or .npz, given {path!r}")

@@ -6,14 +6,14 @@ here. Op families live in `attngraph/ops/<family>.py` and register themselves on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._types import TensorType
 
 # infer(input_types, attrs, fail) -> output types; `fail(message)` raises the layer's ShapeError.
-InferFn = Callable[..., "tuple[TensorType, ...]"]
+InferFn = Callable[..., Sequence[TensorType]]
 # reference(attrs, params, *inputs) -> tuple of numpy arrays.
 ReferenceFn = Callable[..., Any]
 # lower(builder, node, input_names) -> list of output names.

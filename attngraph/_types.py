@@ -7,7 +7,7 @@ from typing import Union
 
 import numpy as np
 
-Dim = Union[int, str, None]  # None: unknown size (no name, no value)
+Dim = Union[int, str, None]  # noqa: UP007 - a runtime alias on Python 3.10; None: unknown size
 
 DTYPES: dict[str, str] = {
     "float32": "f32",

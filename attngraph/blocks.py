@@ -10,7 +10,6 @@ from ._graph import Value
 from .layers import (
     add,
     dense,
-    dropout as dropout_layer,
     gelu,
     layer_norm,
     multi_head_attention,
@@ -18,6 +17,9 @@ from .layers import (
     relu,
     rms_norm,
     silu,
+)
+from .layers import (
+    dropout as dropout_layer,
 )
 
 ACTIVATIONS = ("gelu", "relu", "silu", "swiglu", "geglu")

@@ -23,7 +23,7 @@ register(
 )
 
 
-def input(name: str, shape: Any, dtype: str = "float32") -> Value:  # noqa: A001 - Axon's name
+def input(name: str, shape: Any, dtype: str = "float32") -> Value:
     """A model input. Shape entries are ints (static) or strings (symbolic, e.g. "batch")."""
     loc = caller_location()
     if not isinstance(name, str) or not name.isidentifier() and not name.replace(".", "_") \
@@ -62,7 +62,7 @@ def dense(x: Value, units: int, *, use_bias: bool = True, name: str | None = Non
     c.pos_int(units, "units")
     c.flag(use_bias, "use_bias")
     fan_in = c.last_dim(x)
-    params = (ParamSpec("kernel", (fan_in, units), "glorot"),)
+    params: tuple[ParamSpec, ...] = (ParamSpec("kernel", (fan_in, units), "glorot"),)
     if use_bias:
         params += (ParamSpec("bias", (units,), "zeros"),)
     return _emit("dense", [x], {"units": units, "in_features": fan_in, "use_bias": use_bias},
@@ -162,7 +162,7 @@ def layer_norm(x: Value, *, epsilon: float = 1e-5, use_bias: bool = True,
     c.value(x, "input")
     c.number(epsilon, "epsilon", positive=True)
     dim = c.last_dim(x)
-    params = (ParamSpec("scale", (dim,), "ones"),)
+    params: tuple[ParamSpec, ...] = (ParamSpec("scale", (dim,), "ones"),)
     if c.flag(use_bias, "use_bias"):
         params += (ParamSpec("bias", (dim,), "zeros"),)
     return _emit("layer_norm", [x], {"dim": dim, "epsilon": float(epsilon), "use_bias": use_bias},

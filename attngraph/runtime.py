@@ -12,6 +12,7 @@ from ._errors import AttnGraphError, ExportError, FeedError
 from ._feeds import check_feeds
 from ._types import TensorType
 
+
 class RuntimeFailure(AttnGraphError):
     """onnxruntime refused or failed to run a model."""
 

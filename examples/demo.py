@@ -15,12 +15,13 @@ import onnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import attngraph as ag  # noqa: E402
-import bert_small  # noqa: E402
-import gpt_small  # noqa: E402
-import sliding_window  # noqa: E402
-from _export_util import TARGETS, export_example  # noqa: E402
-from attngraph._validate import compare  # noqa: E402
+import bert_small
+import gpt_small
+import sliding_window
+from _export_util import TARGETS, export_example
+
+import attngraph as ag
+from attngraph._validate import compare
 
 EXAMPLES = {"sliding_window": sliding_window, "gpt_small": gpt_small, "bert_small": bert_small}
 FUSED = ("MultiHeadAttention", "GroupQueryAttention", "Attention")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_parity, randn, rng
 
 import attngraph as ag
-from conftest import assert_parity, randn, rng
 
 B, HQ, HKV, SQ, SK, D, DV = 2, 6, 2, 5, 7, 8, 8
 

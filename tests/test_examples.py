@@ -10,9 +10,9 @@ import os
 import sys
 
 import pytest
+from conftest import assert_parity
 
 import attngraph as ag
-from conftest import assert_parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))

@@ -9,9 +9,9 @@ import os
 import numpy as np
 import onnx
 import pytest
+from conftest import randn
 
 import attngraph as ag
-from conftest import randn
 
 FUSED = {"MultiHeadAttention", "GroupQueryAttention", "Attention"}
 

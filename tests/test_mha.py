@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_parity, randn
 
 import attngraph as ag
-from conftest import assert_parity, randn
 
 B, S, E = 2, 7, 30
 

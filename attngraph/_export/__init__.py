@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,10 +13,10 @@ import onnx
 from onnx import helper
 
 from .._errors import ExportError, UnsupportedError, layer_message
+from .._io import atomic_write_bytes
 from .._params import check_params
 from .._registry import OPS, TARGETS
 from .._types import FLOAT_DTYPES, TensorType
-from .._io import atomic_write_bytes
 from ._builder import ONNX_DTYPES, Builder
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def _value_info(name: str, ttype: TensorType, float_dtype: str) -> onnx.ValueInf
 
 def export(
     model: Model,
-    params: dict[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
     path: str | os.PathLike[str] | None = None,
     *,
     target: str = "ort",
@@ -157,4 +158,4 @@ def _write_external(proto: onnx.ModelProto, path: str) -> None:
         os.replace(tmp_model, path)
 
 
-__all__ = ["export", "UnsupportedError", "layer_message"]
+__all__ = ["UnsupportedError", "export", "layer_message"]

@@ -95,6 +95,8 @@ def positional_allow(b: Any, a: Attn, q: str, k: str, seq_axis: int) -> str:
         hi = b.op1("LessOrEqual", [diff, b.const(np.array(right), "int64")])
         both = b.op1("And", [lo, hi])
         allow = both if allow is None else b.op1("And", [allow, both])
+    if allow is None:
+        raise ValueError("positional_allow needs causal or window")  # callers check a.positional
     return allow
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .._types import INT_DTYPES, TensorType
 from .._registry import register
+from .._types import INT_DTYPES, TensorType
 from ._shapes import Fail, need_float, need_rank
 
 # -- embedding -------------------------------------------------------------------------------
