@@ -289,14 +289,21 @@ def multi_head_attention(
     num_kv_heads: int | None = None, causal: bool = False,
     window: int | tuple[int, int] | None = None, key_padding_mask: Value | None = None,
     mask: Value | None = None, scale: float | None = None, softcap: float | None = None,
-    use_bias: bool = True, out_dim: int | None = None, return_weights: bool = False,
-    name: str | None = None,
+    use_bias: bool = True, out_dim: int | None = None, rope: bool = False,
+    rope_base: float = 10000.0, rotary_dim: int | None = None, rope_interleaved: bool = False,
+    qk_layernorm: bool = False, return_weights: bool = False, name: str | None = None,
 ) -> Any:
     """Multi-head attention with its query/key/value/output projections, as one node.
 
     Self-attention when `context` is None, cross-attention otherwise. num_kv_heads: None = MHA,
     1 = MQA, else GQA (must divide num_heads). head_dim defaults to embed_dim // num_heads.
     Attention options are those of `scaled_dot_product_attention`.
+
+    rope: rotary position embedding on q and k (self-attention only), positions 0 .. S-1;
+    pair k of the first `rotary_dim` dims (default head_dim) turns by p * rope_base^(-2k/r);
+    half-split pairs (Llama, default) or interleaved pairs (`rope_interleaved=True`, GPT-J).
+    qk_layernorm: layer-normalise each query and key head vector before the scores (Edifice),
+    with params q_norm/k_norm.scale and .bias [head_dim]; applied before RoPE.
 
     Params: query.kernel [E, H*D], key.kernel / value.kernel [Ec, Hkv*D], output.kernel
     [H*D, out_dim] (and `.bias` of each when use_bias).
@@ -326,9 +333,24 @@ def multi_head_attention(
         c.fail(f"num_kv_heads={kv} does not divide num_heads={num_heads}")
     if attrs["scale"] is None:
         attrs["scale"] = 1.0 / math.sqrt(head_dim)
+    c.flag(rope, "rope")
+    c.flag(rope_interleaved, "rope_interleaved")
+    c.flag(qk_layernorm, "qk_layernorm")
+    rope_spec = None
+    if rope:
+        if context is not None:
+            c.fail("rope=True applies to self-attention only (context was given)")
+        base = c.number(rope_base, "rope_base", positive=True)
+        r = head_dim if rotary_dim is None else c.pos_int(rotary_dim, "rotary_dim")
+        if r > head_dim or r % 2:
+            c.fail(f"rotary_dim must be even and <= head_dim={head_dim}, given {r}")
+        rope_spec = (r, base, rope_interleaved)
+    elif rotary_dim is not None:
+        c.fail("rotary_dim is given but rope=False")
     out_dim = embed if out_dim is None else out_dim
     attrs.update(num_heads=num_heads, num_kv_heads=kv, head_dim=head_dim, embed_dim=embed,
-                 context_dim=ctx_dim, out_dim=out_dim, use_bias=use_bias)
+                 context_dim=ctx_dim, out_dim=out_dim, use_bias=use_bias, rope=rope_spec,
+                 qk_layernorm=qk_layernorm)
     shapes = {"query": (embed, num_heads * head_dim), "key": (ctx_dim, kv * head_dim),
               "value": (ctx_dim, kv * head_dim), "output": (num_heads * head_dim, out_dim)}
     params: tuple[ParamSpec, ...] = ()
@@ -336,6 +358,10 @@ def multi_head_attention(
         params += (ParamSpec(f"{sub}.kernel", shape, "glorot"),)
         if use_bias:
             params += (ParamSpec(f"{sub}.bias", (shape[1],), "zeros"),)
+    if qk_layernorm:
+        for sub in ("q_norm", "k_norm"):
+            params += (ParamSpec(f"{sub}.scale", (head_dim,), "ones"),
+                       ParamSpec(f"{sub}.bias", (head_dim,), "zeros"))
     node = make_node("multi_head_attention", [x, context, key_padding_mask, mask], attrs,
                      name=name, location=c.location, params=params)
     return (Value(node, 0), Value(node, 1)) if return_weights else Value(node, 0)

@@ -115,3 +115,47 @@ def test_ort_routing_and_parity(opts: dict, embed: int, heads: int, op: str) -> 
     ref = assert_parity(model, None, f, "ort")["output"]
     if opts.get("causal") or isinstance(opts.get("window"), int):
         assert np.all(ref[1, :3] == 0)
+
+
+@pytest.mark.parametrize("embed,heads,kv,rotary_dim,interleaved", [
+    (64, 4, 2, None, False),   # head 16: fused into GroupQueryAttention on "ort"
+    (64, 4, 2, None, True),
+    (48, 6, 6, 6, False),      # partial rotary, head 8: applied before the attention node
+    (30, 6, 3, 4, True),       # head 5 (odd), interleaved partial
+])
+def test_rope(target: str, embed: int, heads: int, kv: int, rotary_dim: int | None,
+              interleaved: bool) -> None:
+    x = ag.input("x", ("batch", "seq", embed))
+    y = ag.multi_head_attention(x, num_heads=heads, num_kv_heads=kv, causal=True, rope=True,
+                                rotary_dim=rotary_dim, rope_interleaved=interleaved)
+    model = ag.Model(x, y)
+    f = {"x": randn(B, S, embed, seed=14)}
+    no_rope = ag.Model(x, ag.multi_head_attention(x, num_heads=heads, num_kv_heads=kv,
+                                                  causal=True, name=y.node.name))
+    params = model.init(seed=3)
+    assert np.abs(model.predict(params, f)["output"] - no_rope.predict(params, f)["output"]
+                  ).max() > 1e-3
+    assert_parity(model, params, f, target)
+
+
+def test_rope_reference_by_hand() -> None:
+    """Position p turns pair (x0, x_{r/2}) of a half-split head by p * base^0 = p radians."""
+    from attngraph.ops._rope import rope_reference
+
+    x = np.zeros((1, 1, 3, 4), np.float32)
+    x[..., 0] = 1.0
+    out = rope_reference(x, 4, 10000.0, interleaved=False)
+    np.testing.assert_allclose(out[0, 0, :, 0], np.cos([0, 1, 2]), atol=1e-6)
+    np.testing.assert_allclose(out[0, 0, :, 2], np.sin([0, 1, 2]), atol=1e-6)
+    out_i = rope_reference(x, 4, 10000.0, interleaved=True)
+    np.testing.assert_allclose(out_i[0, 0, :, 1], np.sin([0, 1, 2]), atol=1e-6)
+
+
+def test_qk_layernorm(target: str) -> None:
+    x = ag.input("x", ("batch", "seq", 48))
+    model = ag.Model(x, ag.multi_head_attention(x, num_heads=6, qk_layernorm=True, causal=True,
+                                                rope=True, name="attn"))
+    params = model.init(seed=4)
+    params["attn.q_norm.scale"] = np.linspace(0.5, 2, 8).astype(np.float32)
+    params["attn.k_norm.bias"] = np.linspace(-1, 1, 8).astype(np.float32)
+    assert_parity(model, params, {"x": randn(B, S, 48, seed=15) * 3}, target)

@@ -63,6 +63,9 @@ class Builder:
     def op(self, op_type: str, inputs: list[str], *, outputs: int = 1, domain: str = "",
            tag: str | None = None, **attrs: Any) -> list[str]:
         """Add a node; returns its output names. Names read `<layer>/<tag or OpType>`."""
+        inputs = list(inputs)
+        while inputs and inputs[-1] == "":  # trailing optional inputs are simply left out
+            inputs.pop()
         name = self._unique(f"{self.layer}/{tag or op_type}")
         outs = [name if outputs == 1 else f"{name}:{i}" for i in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._rope import rope_cache
 from ._attention_graph import (
     Attn,
     additive_bias,
@@ -51,10 +52,21 @@ def fused_attention(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str
 
 def _gqa_fits(a: Attn) -> bool:
     """GroupQueryAttention serves self-attention with head_size % 8 == 0 and Dv == D, and is
-    worth it for grouped heads, softcap, causal attention or a sliding window."""
-    if not a.same_len or a.d % 8 or a.dv != a.d:
+    worth it for grouped heads, softcap, causal attention, a sliding window or fused RoPE."""
+    if not a.same_len or a.cross or a.d % 8 or a.dv != a.d:
         return False
-    return a.hkv < a.hq or a.softcap is not None or a.causal or isinstance(a.window, int)
+    return (a.hkv < a.hq or a.softcap is not None or a.causal or isinstance(a.window, int)
+            or rope_is_fused(a))
+
+
+def rope_is_fused(a: Attn) -> bool:
+    """GroupQueryAttention rotates q and k itself (`do_rotary`) when RoPE covers the whole
+    head and head_size % 16 == 0; otherwise RoPE is applied before the attention node."""
+    return a.rope is not None and a.rope[0] == a.d and a.d % 16 == 0 and not a.cross
+
+
+def uses_fused_rope(b: Any, a: Attn) -> bool:
+    return b.target == "ort" and rope_is_fused(a) and _gqa_fits(a)
 
 
 def _in_3d(b: Any, a: Attn, q: str, k: str, v: str, layout: str, fn: Any) -> str:
@@ -90,15 +102,21 @@ def _ms_gqa(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str
     batch = b.dim(q, 0)
     seqlens = b.op1("Expand", [b.cast(b.op1("Sub", [seq, b.ints([1])]), "int32"), batch])
     total = b.cast(b.op1("Squeeze", [seq]), "int32")
-    inputs = [q, k, v, "", "", seqlens, total]
+    inputs = [q, k, v, "", "", seqlens, total, "", ""]
+    rotary = rope_is_fused(a)
+    if rotary:
+        assert a.rope is not None
+        inputs[7:9] = rope_cache(b, q, a.rope[0], a.rope[1])  # (S, D/2) each
     if allow is not None:
         allow = expand_rows(b, allow, q, k, 1)
-        inputs += ["", "", "", additive_bias(b, a, allow, mask)]
+        inputs += ["", additive_bias(b, a, allow, mask)]
     out = b.op(
         "GroupQueryAttention", inputs, outputs=3, domain="com.microsoft",
         tag="GroupQueryAttention", num_heads=a.hq, kv_num_heads=a.hkv, scale=a.scale,
         softcap=a.softcap, causal=int(native_causal),
         local_window_size=a.window if native_window else None,
+        do_rotary=int(rotary) if rotary else None,
+        rotary_interleaved=int(a.rope[2]) if rotary and a.rope else None,
     )[0]
     return _fix_rows(b, a, out, allow, q, k, native_causal)
 

@@ -32,6 +32,7 @@ class Attn:
     same_len: bool  # Sq == Sk for certain (self-attention)
     return_weights: bool
     cross: bool
+    rope: tuple[int, float, bool] | None = None  # (rotary_dim, base, interleaved)
 
     @property
     def positional(self) -> bool:

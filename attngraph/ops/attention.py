@@ -13,9 +13,10 @@ import numpy as np
 
 from .._registry import register
 from .._types import INT_DTYPES, TensorType, same_dim
-from ._attention_fused import fused_attention
+from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention
 from ._attention_math import attention_reference, merge_heads, split_heads
+from ._rope import rope_graph, rope_reference
 from ._shapes import Fail, need_float
 
 
@@ -145,12 +146,32 @@ def _mha_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, ctx: np.ndarra
     q = split_heads(proj(x, "query"), attrs["num_heads"])  # (B, Hq, Sq, D)
     k = split_heads(proj(src, "key"), attrs["num_kv_heads"])  # (B, Hkv, Sk, D)
     v = split_heads(proj(src, "value"), attrs["num_kv_heads"])  # (B, Hkv, Sk, D)
+    if attrs["qk_layernorm"]:
+        q, k = _head_norm(q, p, "q_norm"), _head_norm(k, p, "k_norm")
+    if attrs["rope"] is not None:
+        rotary_dim, base, interleaved = attrs["rope"]
+        q = rope_reference(q, rotary_dim, base, interleaved)
+        k = rope_reference(k, rotary_dim, base, interleaved)
     out, weights = attention_reference(
         q, k, v, mask=mask, key_padding_mask=kpm, causal=attrs["causal"],
         window=attrs["window"], scale=attrs["scale"], softcap=attrs["softcap"],
     )
     y = proj(merge_heads(out), "output")  # (B, Sq, Hq*D) -> (B, Sq, out_dim)
     return (y, weights) if attrs["return_weights"] else (y,)
+
+
+def _head_norm(x: np.ndarray, p: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """Layer norm of each head vector (B, H, S, D) over D, eps 1e-5 (qk_layernorm)."""
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5) * p[f"{name}.scale"] + p[f"{name}.bias"]
+
+
+def _head_norm_graph(b: Any, x: str, heads: int, dim: int, name: str) -> str:
+    x4 = b.reshape(x, [0, 0, heads, dim])  # (B, S, H, D)
+    y = b.op1("LayerNormalization", [x4, b.param(f"{name}.scale"), b.param(f"{name}.bias")],
+              axis=-1, epsilon=1e-5, tag=f"{name}/LayerNormalization")
+    return b.reshape(y, [0, 0, heads * dim])  # (B, S, H*D)
 
 
 def _mha_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
@@ -161,7 +182,7 @@ def _mha_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     hq, hkv, d = attrs["num_heads"], attrs["num_kv_heads"], attrs["head_dim"]
     a = attn_facts(node, same or same_dim(x_type.shape[1], ctx_value.type.shape[1]) is True,
                    hq, hkv, d, d)
-    a = Attn(**{**a.__dict__, "cross": not same})
+    a = Attn(**{**a.__dict__, "cross": not same, "rope": attrs["rope"]})
 
     def proj(t: str, name: str) -> str:
         y = b.op1("MatMul", [t, b.param(f"{name}.kernel")], tag=f"{name}/MatMul")
@@ -171,6 +192,13 @@ def _mha_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
 
     src = ctx or x
     q, k, v = proj(x, "query"), proj(src, "key"), proj(src, "value")  # (B, S, H*D)
+    if attrs["qk_layernorm"]:
+        q = _head_norm_graph(b, q, hq, d, "q_norm")
+        k = _head_norm_graph(b, k, hkv, d, "k_norm")
+    if a.rope is not None and not uses_fused_rope(b, a):
+        rotary_dim, base, interleaved = a.rope
+        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved)
+        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved)
     outs = _core(b, a, q, k, v, mask, kpm, "3d")
     return [proj(outs[0], "output"), *outs[1:]]
 
