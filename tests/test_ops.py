@@ -131,5 +131,6 @@ def test_registry_every_op_has_rule_reference_and_decomposed_lowering() -> None:
     tested = {c for c in ("dense", "relu", "gelu", "silu", "sigmoid", "tanh", "softmax",
                           "dropout", "layer_norm", "rms_norm", "positional_encoding",
                           "last_timestep", "mean_pool", "add", "multiply", "concatenate",
-                          "embedding", "attention", "multi_head_attention", "input")}
+                          "embedding", "attention", "multi_head_attention", "input",
+                          "relative_position_bias", "alibi_bias", "lstm", "gru")}
     assert set(OPS) <= tested, f"ops without a parity test: {set(OPS) - tested}"
