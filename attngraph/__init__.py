@@ -49,6 +49,8 @@ from .layers import (
     silu,
     softmax,
     tanh,
+    tied_projection,
+    timestep,
 )
 from .position import alibi_bias, relative_position_bias
 from .runtime import RuntimeFailure, Session
@@ -95,6 +97,8 @@ __all__ = [
     "silu",
     "softmax",
     "tanh",
+    "tied_projection",
+    "timestep",
     "transformer_block",
     "validate",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -26,6 +26,8 @@ class ParamSpec:
     name: str
     shape: tuple[int, ...]
     init: str
+    # Set when the parameter belongs to another node (tied weights): it is read from there.
+    owner: Node | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,8 +30,7 @@ def evaluate(
             arr = arrays[node.attrs["name"]]
             env[(node, 0)] = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
             continue
-        prefix = model.name_of(node) + "."
-        local = {p.name: checked[prefix + p.name] for p in node.params}
+        local = {p.name: checked[model.param_key(node, p)] for p in node.params}
         args = [env[(v.node, v.index)] if v is not None else None for v in node.inputs]
         outs = OPS[node.op].reference(node.attrs, local, *args)
         if not isinstance(outs, tuple):

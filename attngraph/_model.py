@@ -71,8 +71,16 @@ class Model:
         self.node_names: dict[Node, str] = self._assign_names()
         self._check_inputs()
         self.param_specs: dict[str, tuple[Node, ParamSpec]] = {
-            f"{self.node_names[n]}.{p.name}": (n, p) for n in self.nodes for p in n.params
+            self.param_key(n, p): (n, p) for n in self.nodes for p in n.params if p.owner is None
         }
+        for node in self.nodes:
+            for p in node.params:
+                if p.owner is not None and p.owner not in self.graph:
+                    raise GraphError(
+                        f"Model: {node.op} (defined at {node.location}) shares parameter "
+                        f"{p.name!r} of a {p.owner.op} layer (defined at {p.owner.location}) "
+                        "that is not part of this model"
+                    )
 
     # -- structure -------------------------------------------------------------------------
     def _build_graph(self) -> nx.DiGraph:
@@ -134,6 +142,10 @@ class Model:
                 )
 
     # -- public helpers --------------------------------------------------------------------
+    def param_key(self, node: Node, spec: ParamSpec) -> str:
+        """The full name `<layer>.<param>` of a node's parameter (its owner's, when tied)."""
+        return f"{self.node_names[spec.owner or node]}.{spec.name}"
+
     def name_of(self, node: Node) -> str:
         """The layer name of a node of this model (explicit, or auto-named `<op>_<n>`)."""
         return self.node_names[node]

@@ -14,6 +14,8 @@ def summary_table(model: Model) -> str:
     for node in model.nodes:
         count = 0
         for p in node.params:
+            if p.owner is not None:  # tied: counted once, at its owner
+                continue
             n = 1
             for d in p.shape:
                 n *= d

@@ -222,6 +222,30 @@ def last_timestep(x: Value, *, name: str | None = None) -> Value:
     return _unary("last_timestep", x, name, caller_location())
 
 
+def timestep(x: Value, index: int, *, name: str | None = None) -> Value:
+    """x[:, index, :]: [batch, seq, d] -> [batch, d] (index 0: a BERT [CLS] position)."""
+    loc = caller_location()
+    c = Checker("timestep", name, loc)
+    c.value(x, "input")
+    if isinstance(index, bool) or not isinstance(index, int):
+        c.fail(f"index must be an int, given {index!r}")
+    return _emit("timestep", [x], {"index": index}, name, loc)
+
+
+def tied_projection(x: Value, embedding: Value, *, name: str | None = None) -> Value:
+    """x @ embeddings^T with the table of an `ag.embedding` layer (a tied LM head):
+    [..., dim] -> [..., vocab_size]. The table stays one parameter, owned by the embedding."""
+    c = Checker("tied_projection", name, caller_location())
+    c.value(x, "input")
+    c.value(embedding, "embedding")
+    if embedding.node.op != "embedding":
+        c.fail(f"embedding must be the output of ag.embedding, given {embedding.node.op}")
+    vocab, dim = embedding.node.attrs["vocab_size"], embedding.node.attrs["dim"]
+    spec = ParamSpec("embeddings", (vocab, dim), "normal", owner=embedding.node)
+    return _emit("tied_projection", [x], {"vocab_size": vocab, "dim": dim}, name, c.location,
+                 (spec,))
+
+
 def mean_pool(x: Value, mask: Value | None = None, *, name: str | None = None) -> Value:
     """Mean over the sequence axis, counting only positions where mask is True/1 (if given)."""
     c = Checker("mean_pool", name, caller_location())

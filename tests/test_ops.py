@@ -49,6 +49,7 @@ CASES = {
     "learned": lambda: ag.positional_encoding(x_in(), "learned", max_len=9),
     "last_timestep": lambda: ag.last_timestep(x_in()),
     "mean_pool": lambda: ag.mean_pool(x_in()),
+    "timestep": lambda: ag.timestep(x_in(), 1),
     "add_multiply": add_multiply,
     "concatenate": concat,
 }
@@ -132,5 +133,18 @@ def test_registry_every_op_has_rule_reference_and_decomposed_lowering() -> None:
                           "dropout", "layer_norm", "rms_norm", "positional_encoding",
                           "last_timestep", "mean_pool", "add", "multiply", "concatenate",
                           "embedding", "attention", "multi_head_attention", "input",
-                          "relative_position_bias", "alibi_bias", "lstm", "gru")}
+                          "relative_position_bias", "alibi_bias", "lstm", "gru",
+                          "timestep", "tied_projection")}
     assert set(OPS) <= tested, f"ops without a parity test: {set(OPS) - tested}"
+
+
+def test_tied_projection_shares_the_embedding_table(target: str) -> None:
+    ids = ag.input("ids", ("batch", "seq"), "int64")
+    emb = ag.embedding(ids, 13, 6, name="wte")
+    model = ag.Model(ids, ag.tied_projection(ag.relu(emb), emb, name="lm_head"))
+    assert list(model.param_shapes) == ["wte.embeddings"]
+    assert "78" in model.summary()  # 13 * 6 counted once
+    params = model.init()
+    proto = ag.export(model, params, target=target)
+    assert [t.name for t in proto.graph.initializer if t.dims == [13, 6]] == ["wte.embeddings"]
+    assert_parity(model, params, {"ids": np.array([[0, 5, 12], [3, 3, 1]])}, target)

@@ -84,7 +84,8 @@ def export(
             raise ExportError(f"export: directory {directory!r} is not writable (path {path!r})")
     checked = check_params(model.param_specs, params)
 
-    b = Builder(target=target, opset=opset, dtype=dtype, params=checked)
+    b = Builder(target=target, opset=opset, dtype=dtype, params=checked,
+                param_key=model.param_key)
     names: dict[tuple[int, int], str] = {}
     graph_inputs = []
     for key, v in model.inputs.items():

@@ -24,12 +24,13 @@ class Builder:
     """Collects ONNX nodes and initialisers, named after the layer being lowered."""
 
     def __init__(self, *, target: str, opset: int, dtype: str,
-                 params: dict[str, np.ndarray]) -> None:
+                 params: dict[str, np.ndarray], param_key: Any) -> None:
         self.target = target
         self.opset = opset
         self.dtype = dtype  # float dtype of the exported model
         self.np_dtype = np.dtype(dtype)
         self.params = params
+        self.param_key = param_key  # (node, ParamSpec) -> full parameter name
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.domains: set[str] = set()
@@ -81,7 +82,9 @@ class Builder:
 
     def param(self, local: str) -> str:
         """The initialiser holding this layer's parameter `local`, in the model's float dtype."""
-        full = f"{self.layer}.{local}"
+        assert self.node is not None
+        spec = next(p for p in self.node.params if p.name == local)
+        full = self.param_key(self.node, spec)
         if full not in self.initializers:
             arr = np.ascontiguousarray(self.params[full].astype(self.np_dtype))
             self.initializers[full] = numpy_helper.from_array(arr, full)

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from ._rope import rope_cache
 from ._attention_graph import (
     Attn,
     additive_bias,
@@ -35,6 +34,7 @@ from ._attention_graph import (
     to_heads,
     zero_dead_rows,
 )
+from ._rope import rope_cache
 
 
 def fused_attention(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,

@@ -106,11 +106,34 @@ def _last_infer(types: list[Any], attrs: Any, fail: Fail) -> list[Any]:
     return [x.with_shape((x.shape[0], x.shape[2]))]
 
 
-register(
-    "last_timestep", infer=_last_infer, reference=lambda a, p, x: x[:, -1, :],
-    decomposed=lambda b, n, ins: [b.op1("Gather", [ins[0], b.const(np.array(-1), "int64")],
-                                        axis=1)],
-)
+def _timestep_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
+    index = b.const(np.array(node.attrs.get("index", -1)), "int64")
+    return [b.op1("Gather", [ins[0], index], axis=1)]
+
+
+for _op in ("last_timestep", "timestep"):
+    register(_op, infer=_last_infer, reference=lambda a, p, x: x[:, a.get("index", -1), :],
+             decomposed=_timestep_lower)
+
+# -- tied output projection ------------------------------------------------------------------
+
+
+def _tied_infer(types: list[Any], attrs: Any, fail: Fail) -> list[Any]:
+    (x,) = types
+    need_float(x, "input", fail)
+    if x.rank < 1 or x.shape[-1] != attrs["dim"]:
+        fail(f"expected input [..., {attrs['dim']}] (the embedding width), given {x}")
+    return [x.with_shape((*x.shape[:-1], attrs["vocab_size"]))]
+
+
+def _tied_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
+    table_t = b.transpose(b.param("embeddings"), [1, 0])  # (dim, vocab), folded by runtimes
+    return [b.op1("MatMul", [ins[0], table_t])]
+
+
+register("tied_projection", infer=_tied_infer,
+         reference=lambda a, p, x: x @ p["embeddings"].T,  # (..., dim) -> (..., vocab)
+         decomposed=_tied_lower)
 
 
 def _mean_pool_infer(types: list[Any], attrs: Any, fail: Fail) -> list[Any]:
