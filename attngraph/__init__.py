@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import models
 from . import ops as _ops  # noqa: F401  (registers every op)
 from ._errors import (
     AttnGraphError,
@@ -44,6 +45,7 @@ from .layers import (
     positional_encoding,
     relu,
     rms_norm,
+    scale,
     scaled_dot_product_attention,
     sigmoid,
     silu,
@@ -85,6 +87,7 @@ __all__ = [
     "layer_norm",
     "load_params",
     "mean_pool",
+    "models",
     "multi_head_attention",
     "multiply",
     "positional_encoding",
@@ -92,6 +95,7 @@ __all__ = [
     "relu",
     "rms_norm",
     "save_params",
+    "scale",
     "scaled_dot_product_attention",
     "sigmoid",
     "silu",

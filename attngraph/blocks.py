@@ -22,22 +22,24 @@ from .layers import (
     dropout as dropout_layer,
 )
 
-ACTIVATIONS = ("gelu", "relu", "silu", "swiglu", "geglu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu")
 
 
 def feed_forward(x: Value, ffn_dim: int, *, activation: str = "gelu", out_dim: int | None = None,
-                 name: str) -> Value:
+                 use_bias: bool = True, name: str) -> Value:
     """dense(ffn_dim) -> activation -> dense(out_dim); "swiglu"/"geglu" gate a second
     projection: act(gate(x)) * up(x). Layers: `{name}.up`, `{name}.gate`, `{name}.down`."""
     out_dim = out_dim or x.shape[-1]
-    up = dense(x, ffn_dim, name=f"{name}.up")
+    up = dense(x, ffn_dim, use_bias=use_bias, name=f"{name}.up")
     if activation in ("swiglu", "geglu"):
-        gate = dense(x, ffn_dim, name=f"{name}.gate")
+        gate = dense(x, ffn_dim, use_bias=use_bias, name=f"{name}.gate")
         gate = silu(gate) if activation == "swiglu" else gelu(gate)
         h = multiply(gate, up, name=f"{name}.glu")
+    elif activation == "gelu_tanh":
+        h = gelu(up, approximate="tanh")
     else:
         h = {"gelu": gelu, "relu": relu, "silu": silu}[activation](up)
-    return dense(h, out_dim, name=f"{name}.down")
+    return dense(h, out_dim, use_bias=use_bias, name=f"{name}.down")
 
 
 def transformer_block(
@@ -46,12 +48,18 @@ def transformer_block(
     window: int | tuple[int, int] | None = None, key_padding_mask: Value | None = None,
     context_padding_mask: Value | None = None, norm: str = "layer",
     norm_position: str = "pre", activation: str = "gelu", dropout: float = 0.0,
-    name: str | None = None,
+    attn_bias: Value | None = None, cross_attn_bias: Value | None = None,
+    scale: float | None = None, rope: bool = False, rope_base: float = 10000.0,
+    rotary_dim: int | None = None, qk_layernorm: bool = False, use_bias: bool = True,
+    norm_eps: float | None = None, name: str | None = None,
 ) -> Value:
     """One transformer layer: self-attention (+ cross-attention over `context`) + feed-forward,
     each with a residual connection and a norm ("pre": x + f(norm(x)); "post": norm(x + f(x))).
 
     Layers are named `{name}.attn`, `{name}.cross_attn`, `{name}.ffn.*`, `{name}.norm1..3`.
+    attn_bias / cross_attn_bias: additive float masks (e.g. a shared T5 relative bias);
+    scale, rope*, qk_layernorm: as in `multi_head_attention`; use_bias applies to every
+    projection; norm_eps defaults to 1e-5 (layer) or 1e-6 (rms).
     Returns [batch, seq, embed] like x.
     """
     loc = caller_location()
@@ -65,8 +73,11 @@ def transformer_block(
     base = name or f"block_{_next_block()}"
 
     def normed(h: Value, i: int) -> Value:
-        fn = layer_norm if norm == "layer" else rms_norm
-        return fn(h, name=f"{base}.norm{i}")
+        if norm == "layer":
+            eps = 1e-5 if norm_eps is None else norm_eps
+            return layer_norm(h, epsilon=eps, use_bias=use_bias, name=f"{base}.norm{i}")
+        return rms_norm(h, epsilon=1e-6 if norm_eps is None else norm_eps,
+                        name=f"{base}.norm{i}")
 
     def sublayer(h: Value, i: int, fn: Any) -> Value:
         if norm_position == "pre":
@@ -77,15 +88,18 @@ def transformer_block(
 
     h = sublayer(x, 1, lambda t: multi_head_attention(
         t, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, causal=causal,
-        window=window, key_padding_mask=key_padding_mask, name=f"{base}.attn"))
+        window=window, key_padding_mask=key_padding_mask, mask=attn_bias, scale=scale,
+        rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, qk_layernorm=qk_layernorm,
+        use_bias=use_bias, name=f"{base}.attn"))
     n = 2
     if context is not None:
         h = sublayer(h, n, lambda t: multi_head_attention(
             t, context, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-            key_padding_mask=context_padding_mask, name=f"{base}.cross_attn"))
+            key_padding_mask=context_padding_mask, mask=cross_attn_bias, scale=scale,
+            use_bias=use_bias, name=f"{base}.cross_attn"))
         n += 1
     return sublayer(h, n, lambda t: feed_forward(t, ffn_dim, activation=activation,
-                                                 name=f"{base}.ffn"))
+                                                 use_bias=use_bias, name=f"{base}.ffn"))
 
 
 _BLOCKS = [0]

@@ -182,14 +182,35 @@ def rms_norm(x: Value, *, epsilon: float = 1e-6, name: str | None = None) -> Val
 # -- embeddings and sequences ----------------------------------------------------------------
 
 
-def embedding(ids: Value, vocab_size: int, dim: int, *, name: str | None = None) -> Value:
-    """Look rows of an `embeddings` table [vocab_size, dim] up: ids (...) -> (..., dim)."""
+def embedding(ids: Value, vocab_size: int, dim: int, *, shared_with: Value | None = None,
+              name: str | None = None) -> Value:
+    """Look rows of an `embeddings` table [vocab_size, dim] up: ids (...) -> (..., dim).
+
+    shared_with: another embedding layer's output whose table this layer reads (one
+    parameter, owned by that layer; T5's encoder and decoder share it this way).
+    """
     c = Checker("embedding", name, caller_location())
     c.value(ids, "ids")
     c.pos_int(vocab_size, "vocab_size")
     c.pos_int(dim, "dim")
+    owner = None
+    if shared_with is not None:
+        c.value(shared_with, "shared_with")
+        other = shared_with.node
+        if other.op != "embedding" or (other.attrs["vocab_size"], other.attrs["dim"]) != (
+                vocab_size, dim):
+            c.fail(f"shared_with must be an embedding of [{vocab_size}, {dim}], given "
+                   f"{other.op} {shared_with.type}")
+        owner = other.params[0].owner or other
     return _emit("embedding", [ids], {"vocab_size": vocab_size, "dim": dim}, name, c.location,
-                 (ParamSpec("embeddings", (vocab_size, dim), "normal"),))
+                 (ParamSpec("embeddings", (vocab_size, dim), "normal", owner=owner),))
+
+
+def scale(x: Value, factor: float, *, name: str | None = None) -> Value:
+    """x * factor (a constant)."""
+    loc = caller_location()
+    Checker("scale", name, loc).number(factor, "factor")
+    return _unary("scale", x, name, loc, factor=float(factor))
 
 
 def positional_encoding(x: Value, kind: str = "sinusoidal", *, max_len: int | None = None,

@@ -42,6 +42,7 @@ CASES = {
     "tanh": lambda: ag.tanh(x_in()),
     "softmax": lambda: ag.softmax(x_in(), axis=1),
     "dropout": lambda: ag.dropout(x_in(), 0.3),
+    "scale": lambda: ag.scale(x_in(), -0.75),
     "layer_norm": lambda: ag.layer_norm(x_in()),
     "rms_norm": lambda: ag.rms_norm(x_in()),
     "sinusoidal": lambda: ag.positional_encoding(x_in()),
@@ -134,7 +135,7 @@ def test_registry_every_op_has_rule_reference_and_decomposed_lowering() -> None:
                           "last_timestep", "mean_pool", "add", "multiply", "concatenate",
                           "embedding", "attention", "multi_head_attention", "input",
                           "relative_position_bias", "alibi_bias", "lstm", "gru",
-                          "timestep", "tied_projection")}
+                          "timestep", "tied_projection", "scale")}
     assert set(OPS) <= tested, f"ops without a parity test: {set(OPS) - tested}"
 
 

@@ -145,6 +145,10 @@ register(
     decomposed=lambda b, n, ins: [b.op1("Softmax", ins, axis=n.attrs["axis"])],
 )
 register(
+    "scale", infer=unary, reference=lambda a, p, x: x * np.float32(a["factor"]),
+    decomposed=lambda b, n, ins: [b.op1("Mul", [ins[0], b.const(np.array(n.attrs["factor"]))])],
+)
+register(
     "dropout", infer=unary, reference=lambda a, p, x: x,
     decomposed=lambda b, n, ins: [b.op1("Identity", ins)],
 )
