@@ -169,11 +169,24 @@ class Model:
         return init_params(self.param_specs, seed)
 
     def predict(self, params: Mapping[str, np.ndarray], feeds: Mapping[str, Any],
-                *, check_finite: bool = False) -> dict[str, np.ndarray]:
-        """Evaluate the model with the numpy reference interpreter."""
-        from ._interpreter import evaluate
+                *, check_finite: bool = False, attention: str = "standard",
+                chunk_size: int = 64) -> dict[str, np.ndarray]:
+        """Evaluate the model with the numpy reference interpreter.
 
-        return evaluate(self, params, feeds, check_finite=check_finite)
+        attention: "standard" (full score matrices), "chunked" (query chunks of chunk_size)
+        or "memory_efficient" (key/value chunks with an online softmax, never an [Sq, Sk]
+        array); all three give the same outputs. Attention weights asked for with
+        return_weights are always computed in full.
+        """
+        from ._checks import Checker
+        from ._interpreter import evaluate
+        from .ops._attention_modes import MODES, attention_mode
+
+        c = Checker("predict", None, caller_location())
+        c.choice(attention, "attention", MODES)
+        c.pos_int(chunk_size, "chunk_size")
+        with attention_mode(attention, chunk_size):
+            return evaluate(self, params, feeds, check_finite=check_finite)
 
     def summary(self) -> str:
         """A table of layers: name, op, output type, parameter count (like Axon.Display)."""

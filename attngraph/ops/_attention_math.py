@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._attention_modes import current_mode, lean_attention
+
 
 def allowed_positions(sq: int, sk: int, causal: bool, window: int | tuple[int, int] | None
                       ) -> np.ndarray | None:
@@ -31,12 +33,13 @@ def attention_reference(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
     mask: np.ndarray | None = None, key_padding_mask: np.ndarray | None = None,
     causal: bool = False, window: int | tuple[int, int] | None = None,
-    scale: float | None = None, softcap: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    scale: float | None = None, softcap: float | None = None, return_weights: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """softmax(mask(softcap(q k^T * scale))) v, with fully masked query rows set to zero.
 
     q (B, Hq, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv); query head h reads kv head
-    h // (Hq // Hkv). Returns (output (B, Hq, Sq, Dv), weights (B, Hq, Sq, Sk)).
+    h // (Hq // Hkv). Returns (output (B, Hq, Sq, Dv), weights (B, Hq, Sq, Sk) or None).
+    Without weights, the memory-lean mode selected by `attention_mode` is used.
     """
     hq, hkv, sq, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
     sk = k.shape[2]
@@ -44,6 +47,11 @@ def attention_reference(
     k = np.repeat(k, group, axis=1)  # (B, Hq, Sk, D)
     v = np.repeat(v, group, axis=1)  # (B, Hq, Sk, Dv)
     scale = 1.0 / np.sqrt(d) if scale is None else scale
+    mode, chunk = current_mode()
+    if mode != "standard" and not return_weights:
+        out = lean_attention(q, k, v, mode, chunk, mask=mask, kpm=key_padding_mask,
+                             causal=causal, window=window, scale=scale, softcap=softcap)
+        return out.astype(q.dtype), None
     scores = (q @ k.swapaxes(-1, -2)) * scale  # (B, Hq, Sq, Sk)
     if softcap is not None:
         scores = softcap * np.tanh(scores / softcap)

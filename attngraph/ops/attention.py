@@ -97,6 +97,7 @@ def _sdpa_ref(attrs: Any, p: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
     out, weights = attention_reference(
         q, k, v, mask=mask, key_padding_mask=kpm, causal=attrs["causal"],
         window=attrs["window"], scale=attrs["scale"], softcap=attrs["softcap"],
+        return_weights=attrs["return_weights"],
     )
     return (out, weights) if attrs["return_weights"] else (out,)
 
@@ -155,6 +156,7 @@ def _mha_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, ctx: np.ndarra
     out, weights = attention_reference(
         q, k, v, mask=mask, key_padding_mask=kpm, causal=attrs["causal"],
         window=attrs["window"], scale=attrs["scale"], softcap=attrs["softcap"],
+        return_weights=attrs["return_weights"],
     )
     y = proj(merge_heads(out), "output")  # (B, Sq, Hq*D) -> (B, Sq, out_dim)
     return (y, weights) if attrs["return_weights"] else (y,)
