@@ -28,6 +28,7 @@ from ._model import Model
 from ._params import load_params, save_params
 from ._types import TensorType
 from ._validate import ValidationReport, validate
+from .analysis import AttentionReport, analyze, plot_attention
 from .blocks import feed_forward, transformer_block
 from .layers import (
     add,
@@ -58,6 +59,7 @@ from .position import alibi_bias, relative_position_bias
 from .runtime import RuntimeFailure, Session
 
 __all__ = [
+    "AttentionReport",
     "AttnGraphError",
     "ConfigError",
     "ExportError",
@@ -75,6 +77,7 @@ __all__ = [
     "__version__",
     "add",
     "alibi_bias",
+    "analyze",
     "concatenate",
     "dense",
     "dropout",
@@ -90,6 +93,7 @@ __all__ = [
     "models",
     "multi_head_attention",
     "multiply",
+    "plot_attention",
     "positional_encoding",
     "relative_position_bias",
     "relu",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def evaluate(
     model: Model, params: Mapping[str, Any], feeds: Mapping[str, Any], *, check_finite: bool = False,
-    extra: tuple[Value, ...] = (),
+    extra: tuple[Value, ...] = (), observer: Any = None,
 ) -> dict[str, np.ndarray]:
     """Run the model in numpy (float32 throughout). `extra` values are returned under keys
     `"extra.<i>"` (used by analysis to read intermediate results)."""
@@ -37,6 +37,8 @@ def evaluate(
             outs = (outs,)
         for i, out in enumerate(outs):
             env[(node, i)] = out
+        if observer is not None:
+            observer(node, model.name_of(node))
     result = {k: env[(v.node, v.index)] for k, v in model.outputs.items()}
     for i, v in enumerate(extra):
         result[f"extra.{i}"] = env[(v.node, v.index)]

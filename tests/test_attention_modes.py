@@ -6,9 +6,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import randn
 
 import attngraph as ag
-from conftest import randn
 
 
 def model_with(**opts: object) -> ag.Model:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..analysis import capturing, record
 from ._attention_modes import current_mode, lean_attention
 
 
@@ -48,7 +49,7 @@ def attention_reference(
     v = np.repeat(v, group, axis=1)  # (B, Hq, Sk, Dv)
     scale = 1.0 / np.sqrt(d) if scale is None else scale
     mode, chunk = current_mode()
-    if mode != "standard" and not return_weights:
+    if mode != "standard" and not return_weights and not capturing():
         out = lean_attention(q, k, v, mode, chunk, mask=mask, kpm=key_padding_mask,
                              causal=causal, window=window, scale=scale, softcap=softcap)
         return out.astype(q.dtype), None
@@ -73,6 +74,7 @@ def attention_reference(
     e = np.where(allow, np.exp(scores - row_max), 0.0)
     denom = e.sum(axis=-1, keepdims=True)
     weights = e / np.where(denom == 0.0, 1.0, denom)  # fully masked rows: all zeros
+    record(weights)  # for ag.analyze
     return (weights @ v).astype(q.dtype), weights.astype(q.dtype)
 
 
