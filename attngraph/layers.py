@@ -386,7 +386,7 @@ def multi_head_attention(
         if context is not None:
             c.fail("rope=True applies to self-attention only (context was given)")
         base = c.number(rope_base, "rope_base", positive=True)
-        r = head_dim if rotary_dim is None else c.pos_int(rotary_dim, "rotary_dim")
+        r = head_dim if rotary_dim is None else int(c.pos_int(rotary_dim, "rotary_dim") or 0)
         if r > head_dim or r % 2:
             c.fail(f"rotary_dim must be even and <= head_dim={head_dim}, given {r}")
         rope_spec = (r, base, rope_interleaved)

@@ -6,6 +6,7 @@ reaches all of them by name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .._errors import ConfigError
@@ -19,7 +20,7 @@ from ._edifice import (
 )
 from ._families import bert, gpt, llama, mistral, t5
 
-BUILDERS = {
+BUILDERS: dict[str, Callable[..., Any]] = {
     "attention": attention,
     "sliding_window": sliding_window,
     "hybrid": hybrid,

@@ -3,6 +3,8 @@ with Hugging Face's configuration names and defaults."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._checks import Checker
 from .._errors import caller_location
 from .._model import Model
@@ -120,10 +122,10 @@ def t5(vocab_size: int = 32128, d_model: int = 512, d_kv: int = 64, d_ff: int = 
     mask = input("attention_mask", ("batch", "seq"), "int64")
     dec_ids = input("decoder_input_ids", ("batch", "dec_seq"), "int64")
     shared = embedding(ids, vocab_size, d_model, name="shared")
-    common = {"num_heads": num_heads, "head_dim": d_kv, "ffn_dim": d_ff, "norm": "rms",
+    common: dict[str, Any] = {"num_heads": num_heads, "head_dim": d_kv, "ffn_dim": d_ff, "norm": "rms",
               "norm_eps": layer_norm_epsilon, "activation": "relu", "use_bias": False,
               "scale": 1.0}
-    buckets = {"num_buckets": relative_attention_num_buckets,
+    buckets: dict[str, Any] = {"num_buckets": relative_attention_num_buckets,
                "max_distance": relative_attention_max_distance, "num_heads": num_heads}
     enc_bias = relative_position_bias(shared, bidirectional=True,
                                       name="encoder.relative_attention_bias", **buckets)

@@ -99,7 +99,7 @@ def _sdpa_ref(attrs: Any, p: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
         window=attrs["window"], scale=attrs["scale"], softcap=attrs["softcap"],
         return_weights=attrs["return_weights"],
     )
-    return (out, weights) if attrs["return_weights"] else (out,)
+    return (out, weights) if weights is not None and attrs["return_weights"] else (out,)
 
 
 def _sdpa_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
@@ -159,7 +159,7 @@ def _mha_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, ctx: np.ndarra
         return_weights=attrs["return_weights"],
     )
     y = proj(merge_heads(out), "output")  # (B, Sq, Hq*D) -> (B, Sq, out_dim)
-    return (y, weights) if attrs["return_weights"] else (y,)
+    return (y, weights) if weights is not None and attrs["return_weights"] else (y,)
 
 
 def _head_norm(x: np.ndarray, p: dict[str, np.ndarray], name: str) -> np.ndarray:
