@@ -270,3 +270,21 @@ def test_value_head_dim_differs(target: str, sq: int, sk: int) -> None:
 def test_odd_head_dim(target: str) -> None:
     feeds = qkv(7, 7, d=5, dv=5)
     assert_parity(sdpa_model(7, 7, d=5, dv=5, window=3), {}, feeds, target)
+
+
+@pytest.mark.parametrize("opts", [{"causal": True}, {"window": 3}, {"window": (1, 2)},
+                                  {"softcap": 2.0, "causal": True}])
+def test_float16_features_and_dead_rows(target: str, opts: dict) -> None:
+    """The same semantics in a float16 export (MHA, GQA and the standard op all take fp16)."""
+    feeds = qkv(7, 7)
+    pad = np.ones((B, 7), bool)
+    pad[1, :3] = False
+    feeds["kpm"] = pad
+    model = sdpa_model(7, 7, kpm=True, **opts)
+    report = ag.validate(model, {}, feeds, targets=(target,), dtype="float16")
+    assert report.passed, str(report)
+    got = ag.Session(ag.export(model, {}, target=target, dtype="float16"),
+                     ["CPUExecutionProvider"]).run(
+        {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()})
+    if opts.get("causal") or isinstance(opts.get("window"), int):
+        assert np.all(got["output"][1, :, :3] == 0)
