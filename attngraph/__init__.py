@@ -56,6 +56,7 @@ from .layers import (
     timestep,
 )
 from .position import alibi_bias, relative_position_bias
+from .recurrent import gru, lstm
 from .runtime import RuntimeFailure, Session
 
 __all__ = [
@@ -85,10 +86,12 @@ __all__ = [
     "export",
     "feed_forward",
     "gelu",
+    "gru",
     "input",
     "last_timestep",
     "layer_norm",
     "load_params",
+    "lstm",
     "mean_pool",
     "models",
     "multi_head_attention",

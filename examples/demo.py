@@ -6,6 +6,7 @@ them in onnxruntime, validate against the numpy reference and print one table.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -15,15 +16,13 @@ import onnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bert_small
-import gpt_small
-import sliding_window
 from _export_util import TARGETS, export_example
 
 import attngraph as ag
 from attngraph._validate import compare
 
-EXAMPLES = {"sliding_window": sliding_window, "gpt_small": gpt_small, "bert_small": bert_small}
+NAMES = ["sliding_window", "hybrid", "hybrid_mlp", "gpt", "bert", "llama", "mistral", "t5"]
+EXAMPLES = {name: importlib.import_module(name) for name in NAMES}
 FUSED = ("MultiHeadAttention", "GroupQueryAttention", "Attention")
 
 

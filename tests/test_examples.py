@@ -16,7 +16,7 @@ import attngraph as ag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
-EXAMPLES = ["sliding_window", "gpt_small", "bert_small"]
+EXAMPLES = ["sliding_window", "hybrid", "hybrid_mlp", "gpt", "bert", "llama", "mistral", "t5"]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
