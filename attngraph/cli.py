@@ -38,8 +38,8 @@ from ._model import Model
 from ._params import load_params
 from ._registry import TARGETS
 from ._types import FLOAT_DTYPES, Dim, TensorType, normalize_dtype
+from ._validate import validate
 from .runtime import Session
-from .validate import validate
 
 DEFAULT_NAMES = ("build", "model")
 FUSED_ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention", "Attention"})
@@ -334,6 +334,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Per-head attention statistics on random feeds; heat maps of one layer to a PNG."""
+    from .analysis import analyze, plot_attention
+
+    model, params = model_and_params(args)
+    feeds = random_feeds(model.input_types, batch=1, seq=args.seq, seed=args.seed,
+                         vocab=model_vocab(model))
+    report = analyze(model, params, feeds)
+    print(report)
+    if args.output:
+        path = plot_attention(report, args.output, layer=args.layer)
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run an .onnx file on random or given feeds; print output types and median latency."""
     _require_file(args.onnx, "the .onnx model to run")
@@ -402,7 +417,7 @@ def _providers(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `attngraph` argument parser with its four sub-commands."""
+    """The `attngraph` argument parser with its sub-commands."""
     parser = _ArgumentParser(prog="attngraph", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"attngraph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -435,6 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=_positive_int, default=7, help="size of other symbolic dims (7)")
     p.add_argument("--providers", type=_providers, default=None, metavar="EP,...")
     p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("analyze", help="attention statistics per head, and heat maps")
+    model_options(p, params=True)
+    p.add_argument("-o", "--output", metavar="HEATMAP.png", help="write heat maps (viz extra)")
+    p.add_argument("--layer", help="layer to plot (default: the first attention layer)")
+    p.add_argument("--seq", type=_positive_int, default=7, help="size of other symbolic dims (7)")
+    p.set_defaults(handler=cmd_analyze)
 
     p = sub.add_parser("run", help="run an .onnx file with onnxruntime and time it")
     p.add_argument("onnx", metavar="OUT.onnx")
