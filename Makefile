@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/attention.py
+	$(PY) bench/reference_memory.py
 
 export: $(STAMP)
 	rm -f exported/*.onnx exported/MANIFEST.json

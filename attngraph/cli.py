@@ -102,7 +102,7 @@ def _module_from_file(path: str) -> Iterator[ModuleType]:
         try:
             spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - sorted into user mistake or bug below
-            _raise_user_failure(exc, path, "running")
+            _raise_user_failure(exc, path, f"running {path}")
         yield module
     finally:
         with contextlib.suppress(ValueError):
@@ -131,7 +131,7 @@ def _raise_user_failure(exc: Exception, path: str, doing: str) -> NoReturn:
     mine = [f for f in frames if os.path.abspath(f.filename) == abspath]
     frame = mine[-1] if mine else (frames[-1] if frames else None)
     where = f"{os.path.basename(frame.filename)}:{frame.lineno}" if frame else path
-    raise CLIError(f"{where}: {type(exc).__name__}: {exc} (while {doing} {path})") from None
+    raise CLIError(f"{where}: {type(exc).__name__}: {exc} (while {doing})") from None
 
 
 def _candidates(module: ModuleType) -> list[str]:
@@ -170,16 +170,16 @@ def _resolve(obj: Any, label: str, path: str) -> tuple[Model, Params | None]:
         try:
             obj = obj()
         except Exception as exc:  # noqa: BLE001 - sorted into user mistake or bug
-            _raise_user_failure(exc, path, f"calling {label} in")
+            _raise_user_failure(exc, path, f"calling {label}")
         label = f"{label}()"
     found = _as_model(obj)
     if found is None:
-        raise CLIError(f"{label} is a {type(obj).__name__}; expected an ag.Model, a tuple "
+        raise CLIError(f"{label} is of type {type(obj).__name__}; expected an ag.Model, a tuple "
                        "(model, params), a dict {'model': ..., 'params': ...} or a function "
                        "returning one")
     model, params = found
     if params is not None and not isinstance(params, Mapping):
-        raise CLIError(f"{label} gives params as a {type(params).__name__}; expected a dict "
+        raise CLIError(f"{label} gives params of type {type(params).__name__}; expected a dict "
                        "name -> array")
     return model, (dict(params) if params is not None else None)
 
@@ -471,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """Join a multi-line message (e.g. a list of parameter problems) into one line."""
+    out = ""
+    for line in filter(None, (part.strip() for part in message.splitlines())):
+        out += line if not out else (" " if out.endswith(":") else "; ") + line
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 1 validation failed, 2 mistake)."""
     parser = build_parser()
@@ -480,8 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except (CLIError, AttnGraphError) as exc:
-        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -97,3 +97,176 @@ def test_module_entry_point_help() -> None:
                             capture_output=True,
                             text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == 0 and "export" in result.stdout
+
+
+# -- model files: every accepted form, params, no lasting side effects -------------------------
+
+FORMS = '''
+import numpy as np
+import attngraph as ag
+
+def _make():
+    x = ag.input("x", ("batch", "seq", 8))
+    return ag.Model(x, ag.dense(ag.multi_head_attention(x, num_heads=2, name="attn"), 3,
+                                name="head"))
+
+model = _make()
+pair = (model, {k: np.full(v.shape, 0.5, np.float32) for k, v in model.init().items()})
+as_dict = {"model": model, "params": pair[1]}
+def make_pair():
+    return pair
+def needs_args(width):
+    return _make()
+number = 3
+bad_params = (model, [1, 2])
+
+if __name__ == "__main__":
+    raise SystemExit("the CLI must not run the file as a script")
+'''
+
+
+@pytest.fixture
+def forms_file(tmp_path) -> str:
+    path = tmp_path / "forms.py"
+    path.write_text(FORMS)
+    return str(path)
+
+
+def _head_kernel(path: str) -> np.ndarray:
+    tensors = {t.name: t for t in onnx.load(path).graph.initializer}
+    return onnx.numpy_helper.to_array(tensors["head.kernel"])
+
+
+@pytest.mark.parametrize("name, value", [("", None), (":model", None), (":pair", 0.5),
+                                         (":as_dict", 0.5), (":make_pair", 0.5)])
+def test_model_file_forms(capsys, forms_file: str, tmp_path, name: str,
+                          value: float | None) -> None:
+    modules, path = set(sys.modules), list(sys.path)
+    out_path = str(tmp_path / "f.onnx")
+    code, out, err = run(capsys, "export", forms_file + name, "-o", out_path)
+    assert code == 0, err
+    assert out.startswith(f"wrote {out_path}: target ort, opset 23,") and "KiB" in out
+    kernel = _head_kernel(out_path)
+    assert np.all(kernel == value) if value is not None else not np.all(kernel == 0.5)
+    assert set(sys.modules) == modules and sys.path == path
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_params_flag_overrides_the_file(capsys, forms_file: str, tmp_path, suffix: str) -> None:
+    import attngraph as ag
+    from attngraph.cli import load_model
+
+    model, _ = load_model(forms_file)
+    params = {k: np.full(v.shape, 0.25, np.float32) for k, v in model.init().items()}
+    params_path = str(tmp_path / f"p{suffix}")
+    ag.save_params(params, params_path)
+    out_path = str(tmp_path / "p.onnx")
+    assert run(capsys, "export", forms_file + ":pair", "-o", out_path, "--params",
+               params_path)[0] == 0
+    assert np.all(_head_kernel(out_path) == 0.25)
+
+
+EMBED_FILE = '''
+import attngraph as ag
+
+def build():
+    ids = ag.input("ids", ("batch", "seq"), "int64")
+    h = ag.multi_head_attention(ag.embedding(ids, 3, 8, name="emb"), num_heads=2, name="attn")
+    return ag.Model(ids, h)
+'''
+
+
+def test_int_ids_stay_inside_the_vocabulary(capsys, tmp_path) -> None:
+    path = tmp_path / "embed.py"
+    path.write_text(EMBED_FILE)
+    # --seq 40: 80 draws; ids >= 3 would make the reference raise a FeedError
+    code, out, err = run(capsys, "validate", str(path), "--seq", "40", "--targets", "decomposed")
+    assert code == 0 and "ids i64[2,40]" in out and "PASSED" in out, err
+    onnx_path = str(tmp_path / "embed.onnx")
+    assert run(capsys, "export", str(path), "-o", onnx_path, "--target", "decomposed")[0] == 0
+    code, out, err = run(capsys, "run", onnx_path, "--seq", "40", "--repeat", "1")
+    assert code == 0 and "f32[2,40,8]" in out, err
+
+
+def test_failed_validation_exits_1(capsys, model_file: str, monkeypatch) -> None:
+    from attngraph import cli
+    from attngraph._validate import Check, ValidationReport
+
+    def failing(*args: object, **kwargs: object) -> ValidationReport:
+        return ValidationReport("float32", [Check("ort", "output", 1.0, 1.0, 1e-4, 1e-4, False)])
+
+    monkeypatch.setattr(cli, "validate", failing)
+    code, out, _ = run(capsys, "validate", model_file)
+    assert code == 1 and "FAILED" in out
+
+
+def test_bugs_keep_their_traceback(model_file: str, tmp_path, monkeypatch) -> None:
+    from attngraph import cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("internal")
+
+    monkeypatch.setattr(cli, "export", broken)
+    with pytest.raises(KeyError):
+        main(["export", model_file, "-o", str(tmp_path / "m.onnx")])
+
+
+# -- more user mistakes: each one line on stderr, exit 2 --------------------------------------
+
+
+def _write(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_more_user_mistakes(capsys, model_file: str, forms_file: str, tmp_path) -> None:
+    good_onnx = str(tmp_path / "ok.onnx")
+    assert run(capsys, "export", model_file, "-o", good_onnx)[0] == 0
+    empty = _write(tmp_path, "empty.py", "import attngraph as ag\ndef helper(a):\n    pass\n")
+    heads = _write(tmp_path, "heads.py", "import attngraph as ag\n"
+                   "x = ag.input('x', ('batch', 'seq', 10))\n"
+                   "model = ag.Model(x, ag.multi_head_attention(x, num_heads=3))\n")
+    syntax = _write(tmp_path, "syntax.py", "def build(:\n    pass\n")
+    missing_import = _write(tmp_path, "imports.py", "import no_such_module_xyz\n")
+    raises = _write(tmp_path, "raises.py", "def build():\n    return 1 / 0\n")
+    wrong_params = str(tmp_path / "wrong.npz")
+    np.savez(wrong_params, **{"attn.query.kernel": np.ones((3, 3), np.float32)})
+    wrong_feeds, one_array, objects = (str(tmp_path / n) for n in ("w.npz", "a.npy", "o.npz"))
+    np.savez(wrong_feeds, y=np.ones(3, np.float32))
+    np.save(one_array, np.ones(3, np.float32))
+    np.savez(objects, x=np.array([{}], dtype=object))
+    out = str(tmp_path / "out.onnx")
+    cases = [
+        ((), "required"),
+        (("frobnicate",), "invalid choice"),
+        (("summary", empty), "neither 'build' nor 'model'"),
+        (("summary", empty), "helper"),
+        (("summary", empty + ":helper"), "needs argument"),
+        (("summary", forms_file + ":needs_args"), "width"),
+        (("summary", forms_file + ":number"), "expected an ag.Model"),
+        (("export", forms_file + ":bad_params", "-o", out), "expected a dict"),
+        (("summary", heads), "defined at heads.py:3"),
+        (("summary", syntax), "syntax.py:1: SyntaxError"),
+        (("summary", missing_import), "no_such_module_xyz"),
+        (("summary", raises), "raises.py:2: ZeroDivisionError"),
+        (("export", good_onnx, "-o", out), "not a Python file"),
+        (("export", model_file, "-o", out, "--opset", "3"), "opset"),
+        (("export", model_file, "-o", out, "--params", wrong_params), "parameter problem"),
+        (("export", model_file, "-o", out, "--params", str(tmp_path / "nope.npz")), "no such"),
+        (("export", model_file, "-o", model_file + "/m.onnx"), "does not exist"),
+        (("validate", model_file, "--targets", "ort,tpu"), "tpu"),
+        (("validate", model_file, "--batch", "-1"), "positive integer"),
+        (("run", good_onnx, "--providers", "NoSuchExecutionProvider"), "unavailable provider"),
+        (("run", good_onnx, "--inputs", wrong_feeds), "missing feed"),
+        (("run", good_onnx, "--inputs", one_array), "single array"),
+        (("run", good_onnx, "--inputs", objects), "not a readable .npz"),
+        (("run", good_onnx, "--inputs", str(tmp_path / "nope.npz")), "no such file"),
+        (("run", str(tmp_path / "nope.onnx")), "no such file"),
+    ]
+    for argv, needle in cases:
+        code, out_text, err = run(capsys, *argv)
+        assert code == 2, (argv, out_text, err)
+        assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+        assert needle.lower() in err.lower(), (argv, needle, err)
+        assert "Traceback" not in err

@@ -91,6 +91,13 @@ class Builder:
             self.used_names.add(full)
         return full
 
+    def param_array(self, local: str) -> np.ndarray:
+        """The numpy value of this layer's parameter `local`, without writing an initialiser
+        (for lowerings that store a transformed copy instead)."""
+        assert self.node is not None
+        spec = next(p for p in self.node.params if p.name == local)
+        return self.params[self.param_key(self.node, spec)]
+
     def const(self, value: Any, dtype: str | None = None, tag: str = "const") -> str:
         """A constant initialiser (deduplicated); floats default to the model's dtype."""
         arr = np.asarray(value)

@@ -53,6 +53,11 @@ def _gru_step(xw: np.ndarray, h: np.ndarray, w_hh: np.ndarray,
 
 def _reference(kind: str) -> Any:
     def ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+        if x.shape[1] == 0 and not attrs["return_sequences"]:
+            from .._errors import FeedError
+
+            raise FeedError(f"{kind}: return_sequences=False needs at least one time step, "
+                            f"given input of shape {list(x.shape)}")
         seq = x
         hidden = attrs["hidden"]
         for layer in range(attrs["num_layers"]):
@@ -88,7 +93,7 @@ def _lower(kind: str) -> Any:
         last = ""
         for layer in range(node.attrs["num_layers"]):
             # Reordered copies of the parameters, in ONNX's gate order.
-            w = {n: b.params[b.param(f"{n}_l{layer}")] for n in
+            w = {n: b.param_array(f"{n}_l{layer}") for n in
                  ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
             weights = b.const(_reorder(w["weight_ih"], kind)[None], tag=f"W_l{layer}")
             recur = b.const(_reorder(w["weight_hh"], kind)[None], tag=f"R_l{layer}")
