@@ -100,9 +100,11 @@ def llama(vocab_size: int = 32000, hidden_size: int = 4096, intermediate_size: i
 
 def mistral(vocab_size: int = 32000, hidden_size: int = 4096, intermediate_size: int = 14336,
             num_hidden_layers: int = 32, num_attention_heads: int = 32,
-            num_key_value_heads: int = 8, rms_norm_eps: float = 1e-5,
+            num_key_value_heads: int = 8, rms_norm_eps: float = 1e-6,
             rope_theta: float = 10000.0, sliding_window: int = 4096) -> Model:
-    """Mistral: Llama with a causal sliding window of `sliding_window` positions."""
+    """Mistral: Llama with a causal sliding window of `sliding_window` positions (the last
+    `sliding_window` keys including the query, as in Hugging Face's masks). Defaults are
+    MistralConfig's: rms_norm_eps=1e-6 (released checkpoints set their own, e.g. 1e-5)."""
     return llama(vocab_size, hidden_size, intermediate_size, num_hidden_layers,
                  num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta,
                  sliding_window, name="mistral")

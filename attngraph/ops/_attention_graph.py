@@ -76,14 +76,19 @@ def repeat_kv(b: Any, x: str, hkv: int, group: int, dim: int) -> str:
 # -- masks -----------------------------------------------------------------------------------
 
 
-def positional_allow(b: Any, a: Attn, q: str, k: str, seq_axis: int) -> str:
-    """Bool (Sq, Sk): causal / window by absolute position p = Sk - Sq + i (bottom-right)."""
+def relative_distance(b: Any, q: str, k: str, seq_axis: int) -> str:
+    """int64 (Sq, Sk): j - p, key position minus the query's absolute position Sk - Sq + i."""
     sq = b.op1("Squeeze", [b.dim(q, seq_axis)])
     sk = b.op1("Squeeze", [b.dim(k, seq_axis)])
     zero, one = b.const(np.array(0), "int64"), b.const(np.array(1), "int64")
     qpos = b.op1("Add", [b.op1("Range", [zero, sq, one]), b.op1("Sub", [sk, sq])])  # (Sq,)
     kpos = b.op1("Range", [zero, sk, one])  # (Sk,)
-    diff = b.op1("Sub", [b.unsqueeze(kpos, [0]), b.unsqueeze(qpos, [1])])  # (Sq, Sk): j - p
+    return b.op1("Sub", [b.unsqueeze(kpos, [0]), b.unsqueeze(qpos, [1])])
+
+
+def positional_allow(b: Any, a: Attn, q: str, k: str, seq_axis: int) -> str:
+    """Bool (Sq, Sk): causal / window by absolute position p = Sk - Sq + i (bottom-right)."""
+    diff = relative_distance(b, q, k, seq_axis)  # (Sq, Sk): j - p
     allow = None
     if a.causal or isinstance(a.window, int):
         allow = b.op1("LessOrEqual", [diff, b.const(np.array(0), "int64")])

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._registry import register
 from .._types import TensorType
+from ._attention_graph import relative_distance
 from ._shapes import Fail, need_rank
 
 
@@ -56,19 +57,9 @@ def _rel_ref(attrs: Any, p: dict[str, np.ndarray], q_src: np.ndarray,
     return p["embeddings"][buckets].transpose(2, 0, 1)[None]  # (1, H, Sq, Sk)
 
 
-def _rel_distance(b: Any, q_src: str, k_src: str) -> str:
-    """int64 (Sq, Sk): j - p."""
-    sq = b.op1("Squeeze", [b.dim(q_src, 1)])
-    sk = b.op1("Squeeze", [b.dim(k_src, 1)])
-    zero, one = b.const(np.array(0), "int64"), b.const(np.array(1), "int64")
-    qpos = b.op1("Add", [b.op1("Range", [zero, sq, one]), b.op1("Sub", [sk, sq])])
-    kpos = b.op1("Range", [zero, sk, one])
-    return b.op1("Sub", [b.unsqueeze(kpos, [0]), b.unsqueeze(qpos, [1])])
-
-
 def _rel_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     a = node.attrs
-    rel = _rel_distance(b, *ins)
+    rel = relative_distance(b, ins[0], ins[1], 1)
     num_buckets = a["num_buckets"]
     zero = b.const(np.array(0), "int64")
     if a["bidirectional"]:
@@ -123,7 +114,7 @@ def _alibi_ref(attrs: Any, p: Any, q_src: np.ndarray, k_src: np.ndarray) -> np.n
 
 
 def _alibi_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
-    dist = b.cast(b.op1("Abs", [_rel_distance(b, *ins)]), b.dtype)  # (Sq, Sk)
+    dist = b.cast(b.op1("Abs", [relative_distance(b, ins[0], ins[1], 1)]), b.dtype)  # (Sq, Sk)
     slopes = -alibi_slopes(node.attrs["num_heads"])[None, :, None, None]  # (1, H, 1, 1)
     return [b.op1("Mul", [b.unsqueeze(dist, [0, 1]), b.const(slopes)])]
 
