@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import ConfigError
+from . import hf
 from ._edifice import (
     attention,
     hybrid,
@@ -40,5 +41,5 @@ def build(kind: str, **opts: Any) -> Any:
     return BUILDERS[kind](**opts)
 
 
-__all__ = ["BUILDERS", "attention", "bert", "build", "gpt", "hybrid", "hybrid_mlp", "llama",
+__all__ = ["BUILDERS", "attention", "bert", "build", "gpt", "hf", "hybrid", "hybrid_mlp", "llama",
            "mistral", "output_size", "recommended_defaults", "sliding_window", "t5"]

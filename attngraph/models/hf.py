@@ -116,9 +116,10 @@ def preset_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
         if rope.get("rope_type", "default") != "default":
             problems.append(f"rope_parameters={rope!r} (supported: rope_type 'default')")
         heads, hidden = cfg.get("num_attention_heads"), cfg.get("hidden_size")
-        if cfg.get("head_dim") not in (None, hidden // heads if heads and hidden else None):
+        derived = hidden // heads if isinstance(heads, int) and isinstance(hidden, int) else None
+        if cfg.get("head_dim") not in (None, derived):
             problems.append(f"head_dim={cfg['head_dim']} (supported: hidden_size // "
-                            f"num_attention_heads = {hidden // heads})")
+                            f"num_attention_heads = {derived})")
         if k == "llama" and cfg.get("sliding_window") is not None:
             problems.append("sliding_window (use kind 'mistral')")
     if problems:
@@ -196,7 +197,7 @@ def _rules(kind: str) -> list[_Rule]:
         layer = r"encoder\.layer\.(\d+)\."
         return [
             (r"embeddings\.(word_embeddings|position_embeddings|token_type_embeddings)"
-             r"\.(?P<p>weight)", _same(r"embeddings.\1", _EMB)),
+             + r"\.(?P<p>weight)", _same(r"embeddings.\1", _EMB)),
             (r"embeddings\.LayerNorm" + _W, _same("embeddings.LayerNorm", _NORM)),
             (layer + r"attention\.self\.(query|key|value)" + _W,
              _linear(r"encoder.layer.\1.attn.\2")),
@@ -229,7 +230,7 @@ def _rules(kind: str) -> list[_Rule]:
         return [
             (r"shared\.(?P<p>weight)", _same("shared", _EMB)),
             (r"(encoder|decoder)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias"
-             r"\.(?P<p>weight)", _same(r"\1.relative_attention_bias", _EMB)),
+             + r"\.(?P<p>weight)", _same(r"\1.relative_attention_bias", _EMB)),
             (block + r"\d\.(SelfAttention|EncDecAttention)\.([qkvo])\.weight", attn),
             (block + r"(\d)\.layer_norm\.weight", norm),
             (block + r"(\d)\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight", ffn),

@@ -39,7 +39,7 @@ Only this script needs torch and transformers; the tests read the files with num
 Run it in a separate environment (never the project's .venv):
 
     python3 -m venv /tmp/hfvenv
-    /tmp/hfvenv/bin/pip install torch transformers numpy   # or: pip install 'attngraph[torch]' transformers
+    /tmp/hfvenv/bin/pip install torch transformers numpy   # or 'attngraph[torch]' transformers
     /tmp/hfvenv/bin/python tests/goldens/make_hf_goldens.py [OUT_DIR]
 
 The files are byte-for-byte reproducible for given torch / transformers versions (fixed zip
@@ -65,23 +65,22 @@ NORM_EPS = 1e-2
 # onnxruntime's fused rotary kernels apply; Mistral's window (4) is shorter than its sequence
 # (11). T5: head_dim (d_kv=8) * num_heads (3) != d_model, 8 buckets with max_distance 8 so both
 # the logarithmic buckets and the clamp at max_distance are reached by an 11-token input.
+# rope_theta: the name transformers < 5 takes and transformers 5 turns into rope_parameters
+_DECODER = {"vocab_size": 48, "hidden_size": 64, "intermediate_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": NORM_EPS, "rope_theta": 1000.0, "bos_token_id": 0,
+            "eos_token_id": 1}
 HF_CONFIGS: dict[str, dict[str, Any]] = {
-    "gpt2": dict(vocab_size=100, n_positions=16, n_embd=32, n_layer=2, n_head=4,
-                 layer_norm_epsilon=NORM_EPS, bos_token_id=0, eos_token_id=0),
-    "bert": dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=16, type_vocab_size=2,
-                 layer_norm_eps=NORM_EPS),
-    "t5": dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
-               num_heads=3, relative_attention_num_buckets=8,
-               relative_attention_max_distance=8, layer_norm_epsilon=NORM_EPS),
-    "llama": dict(vocab_size=48, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=NORM_EPS,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
-                  bos_token_id=0, eos_token_id=1),
-    "mistral": dict(vocab_size=48, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=NORM_EPS,
-                    rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
-                    sliding_window=4, bos_token_id=0, eos_token_id=1),
+    "gpt2": {"vocab_size": 100, "n_positions": 16, "n_embd": 32, "n_layer": 2, "n_head": 4,
+             "layer_norm_epsilon": NORM_EPS, "bos_token_id": 0, "eos_token_id": 0},
+    "bert": {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 16,
+             "type_vocab_size": 2, "layer_norm_eps": NORM_EPS},
+    "t5": {"vocab_size": 64, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2,
+           "num_decoder_layers": 2, "num_heads": 3, "relative_attention_num_buckets": 8,
+           "relative_attention_max_distance": 8, "layer_norm_epsilon": NORM_EPS},
+    "llama": dict(_DECODER),
+    "mistral": {**_DECODER, "sliding_window": 4},
 }
 HF_CLASSES = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
@@ -145,8 +144,8 @@ def _run_both(torch: Any, module: Any, run: Any) -> dict[str, np.ndarray]:
         out32 = {k: v.numpy() for k, v in run(module.float(), torch.float32).items()}
         out64 = {k: v.numpy() for k, v in run(module.double(), torch.float64).items()}
     module.float()
-    for k in out64:
-        err = float(np.abs(out32[k] - out64[k]).max())
+    for k, value in out64.items():
+        err = float(np.abs(out32[k] - value).max())
         if not err < 1e-3:
             raise RuntimeError(f"float32 and float64 runs disagree on {k}: {err:.3e}")
     return {f"out/{k}": v.astype(np.float32) for k, v in out64.items()}
