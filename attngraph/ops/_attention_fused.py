@@ -26,6 +26,7 @@ import numpy as np
 from ._attention_graph import (
     Attn,
     additive_bias,
+    alive_from_padding,
     allow_mask,
     expand_rows,
     from_heads,
@@ -84,6 +85,10 @@ def _fix_rows(b: Any, a: Attn, out: str, allow: str | None, q: str, k: str,
     would average over every key there instead)."""
     if allow is None or not a.can_fully_mask:
         return out
+    if native_positional and a.mask_kind is None:
+        # Only padding besides the op's own causal/window: count the valid keys in each
+        # row's range from a running sum over the padding mask, O(B * S) instead of O(S^2).
+        return zero_dead_rows(b, a, alive_from_padding(b, a, allow, q, k), out, "3d")
     if native_positional:  # the op applied causal/window itself; the dead rows need it too
         allow = b.op1("And", [allow, b.unsqueeze(positional_allow(b, a, q, k, 1), [0, 1])])
     return zero_dead_rows(b, a, rows_alive(b, allow), out, "3d")
@@ -95,7 +100,7 @@ def _ms_gqa(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str
     native_causal = a.causal or native_window
     allow = allow_mask(b, a, q, k, mask, kpm, 1, positional=False)
     if a.window is not None and not native_window:  # (left, right) band: explicit
-        band = allow_mask(b, a, q, k, mask, kpm, 1, positional=True, padding=False)
+        band = b.unsqueeze(positional_allow(b, a, q, k, 1), [0, 1])  # (1, 1, Sq, Sk)
         allow = band if allow is None else b.op1("And", [allow, band])
         native_causal = False
     seq = b.dim(q, 1)  # (1,) int64
@@ -108,8 +113,7 @@ def _ms_gqa(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str
         assert a.rope is not None
         inputs[7:9] = rope_cache(b, q, a.rope[0], a.rope[1])  # (S, D/2) each
     if allow is not None:
-        allow = expand_rows(b, allow, q, k, 1)
-        inputs += ["", additive_bias(b, a, allow, mask)]
+        inputs += ["", additive_bias(b, a, expand_rows(b, allow, q, k, 1), mask)]
     out = b.op(
         "GroupQueryAttention", inputs, outputs=3, domain="com.microsoft",
         tag="GroupQueryAttention", num_heads=a.hq, kv_num_heads=a.hkv, scale=a.scale,
@@ -127,8 +131,7 @@ def _ms_mha(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str
     allow = allow_mask(b, a, q, k, mask, kpm, 1, positional=not native_causal)
     inputs = [q, k, v, "", ""]
     if allow is not None:
-        allow = expand_rows(b, allow, q, k, 1)
-        inputs.append(additive_bias(b, a, allow, mask))
+        inputs.append(additive_bias(b, a, expand_rows(b, allow, q, k, 1), mask))
     out = b.op1("MultiHeadAttention", inputs, domain="com.microsoft", tag="MultiHeadAttention",
                 num_heads=a.hq, scale=a.scale, unidirectional=int(native_causal))
     return _fix_rows(b, a, out, allow, q, k, native_causal)

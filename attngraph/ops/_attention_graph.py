@@ -76,13 +76,18 @@ def repeat_kv(b: Any, x: str, hkv: int, group: int, dim: int) -> str:
 # -- masks -----------------------------------------------------------------------------------
 
 
-def relative_distance(b: Any, q: str, k: str, seq_axis: int) -> str:
-    """int64 (Sq, Sk): j - p, key position minus the query's absolute position Sk - Sq + i."""
+def query_positions(b: Any, q: str, k: str, seq_axis: int) -> tuple[str, str]:
+    """int64 (Sq,) absolute query positions Sk - Sq + i, and the scalar Sk."""
     sq = b.op1("Squeeze", [b.dim(q, seq_axis)])
     sk = b.op1("Squeeze", [b.dim(k, seq_axis)])
     zero, one = b.const(np.array(0), "int64"), b.const(np.array(1), "int64")
-    qpos = b.op1("Add", [b.op1("Range", [zero, sq, one]), b.op1("Sub", [sk, sq])])  # (Sq,)
-    kpos = b.op1("Range", [zero, sk, one])  # (Sk,)
+    return b.op1("Add", [b.op1("Range", [zero, sq, one]), b.op1("Sub", [sk, sq])]), sk
+
+
+def relative_distance(b: Any, q: str, k: str, seq_axis: int) -> str:
+    """int64 (Sq, Sk): j - p, key position minus the query's absolute position Sk - Sq + i."""
+    qpos, sk = query_positions(b, q, k, seq_axis)
+    kpos = b.op1("Range", [b.const(np.array(0), "int64"), sk, b.const(np.array(1), "int64")])
     return b.op1("Sub", [b.unsqueeze(kpos, [0]), b.unsqueeze(qpos, [1])])
 
 
@@ -153,6 +158,27 @@ def rows_alive(b: Any, allow: str) -> str:
     """Bool [B|1, H|1, Sq|1, 1]: whether each query row has at least one key to attend."""
     count = b.reduce("ReduceMax", b.cast(allow, "int32"), [-1])
     return b.cast(count, "bool")
+
+
+def alive_from_padding(b: Any, a: Attn, padding: str, q: str, k: str) -> str:
+    """Bool (B, 1, Sq, 1): whether query row i (position p = Sk - Sq + i) has a valid key in its
+    causal / sliding-window range, from a running sum over the padding mask (B, 1, 1, Sk)."""
+    valid = b.cast(b.op1("Squeeze", [padding, b.ints([1, 2])]), "int64")  # (B, Sk)
+    running = b.op1("CumSum", [valid, b.const(np.array(1), "int64")])  # keys <= j
+    prefix = b.concat([b.op1("Mul", [b.op1("Slice", [valid, b.ints([0]), b.ints([1]),
+                                                       b.ints([1])]), b.ints([0])]),
+                       running], 1)  # (B, Sk + 1): valid keys among j < t
+    pos, _ = query_positions(b, q, k, 1)  # (Sq,): p
+    hi = b.op1("Add", [pos, b.const(np.array(1), "int64")])  # count keys j <= p
+    if isinstance(a.window, int):
+        lo = b.op1("Max", [b.op1("Sub", [hi, b.const(np.array(a.window), "int64")]),
+                           b.const(np.array(0), "int64")])  # keys j > p - K
+    else:
+        lo = b.op1("Mul", [pos, b.const(np.array(0), "int64")])
+    count = b.op1("Sub", [b.op1("Gather", [prefix, hi], axis=1),
+                          b.op1("Gather", [prefix, lo], axis=1)])  # (B, Sq)
+    alive = b.op1("Greater", [count, b.const(np.array(0), "int64")])
+    return b.unsqueeze(alive, [1, 3])  # (B, 1, Sq, 1)
 
 
 def zero_dead_rows(b: Any, a: Attn, alive: str, out: str, layout: str) -> str:
