@@ -39,7 +39,7 @@ from ._params import load_params
 from ._registry import TARGETS
 from ._types import FLOAT_DTYPES, Dim, TensorType, normalize_dtype
 from ._validate import validate
-from .runtime import Session
+from .runtime import Session, available_providers
 
 DEFAULT_NAMES = ("build", "model")
 FUSED_ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention", "Attention"})
@@ -405,10 +405,8 @@ def _targets(text: str) -> tuple[str, ...]:
 
 def _providers(text: str) -> list[str]:
     # onnxruntime would warn and silently fall back to the CPU; a typo deserves an error.
-    import onnxruntime as ort
-
     names = [p.strip() for p in text.split(",") if p.strip()]
-    available = ort.get_available_providers()
+    available = available_providers()
     unknown = [p for p in names if p not in available]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unavailable provider(s) {unknown or [text]}; this "

@@ -17,11 +17,16 @@ class RuntimeFailure(AttnGraphError):
     """onnxruntime refused or failed to run a model."""
 
 
-def default_providers() -> list[str]:
-    """CUDA first when onnxruntime offers it, then CPU."""
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
+    return list(ort.get_available_providers())
+
+
+def default_providers() -> list[str]:
+    """CUDA first when onnxruntime offers it, then CPU."""
+    available = available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
