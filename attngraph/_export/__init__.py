@@ -6,13 +6,13 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from .._errors import ExportError, UnsupportedError, layer_message
+from .._errors import ExportError
 from .._io import atomic_write_bytes
 from .._params import check_params
 from .._registry import OPS, TARGETS
@@ -30,8 +30,7 @@ _EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initialisers; protobuf's ha
 
 def _value_info(name: str, ttype: TensorType, float_dtype: str) -> onnx.ValueInfoProto:
     dtype = float_dtype if ttype.dtype in FLOAT_DTYPES else ttype.dtype
-    dims: list[Any] = [d if d is not None else None for d in ttype.shape]
-    return helper.make_tensor_value_info(name, ONNX_DTYPES[dtype], dims)
+    return helper.make_tensor_value_info(name, ONNX_DTYPES[dtype], list(ttype.shape))
 
 
 def export(
@@ -159,4 +158,4 @@ def _write_external(proto: onnx.ModelProto, path: str) -> None:
         os.replace(tmp_model, path)
 
 
-__all__ = ["UnsupportedError", "export", "layer_message"]
+__all__ = ["export"]
