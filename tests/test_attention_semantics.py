@@ -195,14 +195,21 @@ def test_key_padding_mask(target: str) -> None:
     assert_parity(model, {}, feeds, target)
 
 
-def test_key_padding_mask_int_and_fully_padded_batch(target: str) -> None:
-    q = ag.input("q", ("batch", HQ, "q_seq", D))
-    k = ag.input("k", ("batch", HKV, "kv_seq", D))
-    v = ag.input("v", ("batch", HKV, "kv_seq", DV))
-    kpm = ag.input("kpm", ("batch", "kv_seq"), "int64")
-    model = ag.Model([q, k, v, kpm], ag.scaled_dot_product_attention(q, k, v, key_padding_mask=kpm))
-    feeds = qkv()
-    feeds["kpm"] = np.ones((B, SK), np.int64)
+@pytest.mark.parametrize("hkv", [HKV, HQ])
+@pytest.mark.parametrize("same_len", [False, True])
+def test_key_padding_mask_int_and_fully_padded_batch(target: str, hkv: int,
+                                                     same_len: bool) -> None:
+    """Every op route (MHA's own padding input, GQA's bias, the standard op's mask)."""
+    q_seq, kv_seq = ("seq", "seq") if same_len else ("q_seq", "kv_seq")
+    q = ag.input("q", ("batch", HQ, q_seq, D))
+    k = ag.input("k", ("batch", hkv, kv_seq, D))
+    v = ag.input("v", ("batch", hkv, kv_seq, DV))
+    kpm = ag.input("kpm", ("batch", kv_seq), "int64")
+    model = ag.Model([q, k, v, kpm], ag.scaled_dot_product_attention(q, k, v, key_padding_mask=kpm,
+                                                                     causal=same_len))
+    sk = SQ if same_len else SK
+    feeds = qkv(SQ, sk, hkv=hkv)
+    feeds["kpm"] = np.ones((B, sk), np.int64)
     feeds["kpm"][1] = 0  # every key of batch 1 is padding
     out = assert_parity_out(model, {}, feeds, target)
     assert np.all(out[1] == 0) and np.all(np.abs(out[0]).sum(-1) > 0)

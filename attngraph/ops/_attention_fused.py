@@ -30,6 +30,7 @@ from ._attention_graph import (
     allow_mask,
     expand_rows,
     from_heads,
+    neg_big,
     positional_allow,
     rows_alive,
     to_heads,
@@ -130,10 +131,17 @@ def _ms_mha(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str
     native_causal = a.causal and a.window is None and a.same_len
     allow = allow_mask(b, a, q, k, mask, kpm, 1, positional=not native_causal)
     inputs = [q, k, v, "", ""]
-    if allow is not None:
+    filter_value = None
+    if allow is not None and a.mask_kind is None and (native_causal or not a.positional):
+        # Padding only: the op's own key_padding_mask, with the dtype's minimum as its mask
+        # value (a hard mask), avoids building an [B, 1, Sq, Sk] bias.
+        inputs[4] = b.cast(kpm, "int32")
+        filter_value = neg_big(b)
+    elif allow is not None:
         inputs.append(additive_bias(b, a, expand_rows(b, allow, q, k, 1), mask))
     out = b.op1("MultiHeadAttention", inputs, domain="com.microsoft", tag="MultiHeadAttention",
-                num_heads=a.hq, scale=a.scale, unidirectional=int(native_causal))
+                num_heads=a.hq, scale=a.scale, unidirectional=int(native_causal),
+                mask_filter_value=filter_value)
     return _fix_rows(b, a, out, allow, q, k, native_causal)
 
 
