@@ -112,12 +112,12 @@ def positional_allow(b: Any, a: Attn, q: str, k: str, seq_axis: int) -> str:
 
 
 def allow_mask(b: Any, a: Attn, q: str, k: str, mask: str, kpm: str, seq_axis: int, *,
-               positional: bool, padding: bool = True) -> str | None:
+               positional: bool) -> str | None:
     """Bool rank-4 [B|1, H|1, Sq|1, Sk] of the features a lowering asks for; None if none."""
     parts = []
     if positional and a.positional:
         parts.append(b.unsqueeze(positional_allow(b, a, q, k, seq_axis), [0, 1]))
-    if padding and a.has_kpm:
+    if a.has_kpm:
         kpm_bool = kpm if a.kpm_bool else b.cast(kpm, "bool")
         parts.append(b.unsqueeze(kpm_bool, [1, 2]))  # (B, 1, 1, Sk)
     if a.mask_kind is not None:

@@ -32,7 +32,7 @@ BATCH, SEQ, FEATURES, HIDDEN, NUM_LAYERS = 2, 5, 3, 7, 2
 SEEDS = {"lstm": 0, "gru": 1}
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Like np.savez_compressed, but with fixed timestamps so reruns give the same bytes."""
     tmp = path.with_suffix(".npz.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     for kind in SEEDS:
         path = out_dir / f"{kind}.npz"
-        _write_npz(path, _golden(torch, kind))
+        write_npz(path, _golden(torch, kind))
         print(f"wrote {path} ({path.stat().st_size} bytes, torch {torch.__version__})")
     return 0
 

@@ -49,14 +49,13 @@ transformers 5.23.0.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from make_goldens import write_npz  # the same byte-stable .npz writer
 
 MAX_BYTES = 200_000
 NORM_EPS = 1e-2
@@ -100,19 +99,6 @@ TORCH_LAYERS = {  # name -> (decoder?, norm_first, activation)
 }
 EMBED, HEADS, FFN, BATCH = 32, 4, 64, 2
 GPT2_CONV1D = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D stores weights as [in, out]
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez_compressed, but with fixed timestamps so reruns give the same bytes."""
-    tmp = path.with_suffix(".npz.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, buf.getvalue())
-    tmp.replace(path)
 
 
 def _randomize(torch: Any, module: Any, seed: int) -> None:
@@ -294,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         arrays = make()
         arrays["versions"] = versions
         path = out_dir / f"{name}.npz"
-        _write_npz(path, arrays)
+        write_npz(path, arrays)
         size = path.stat().st_size
         print(f"wrote {path} ({size:,} bytes, {int(arrays['param_count']):,} parameters)")
         if size > MAX_BYTES:
