@@ -12,6 +12,7 @@ from ._params import check_params
 from ._registry import OPS
 
 if TYPE_CHECKING:
+    from ._decode import Decode
     from ._graph import Node, Value
     from ._model import Model
 
@@ -24,22 +25,35 @@ def evaluate(
     `"extra.<i>"` (used by analysis to read intermediate results)."""
     checked = check_params(model.param_specs, params)
     arrays = check_feeds(model.input_types, feeds, check_finite=check_finite)
+    env = run_nodes(model, checked, arrays, observer=observer)
+    result = {k: env[(v.node, v.index)] for k, v in model.outputs.items()}
+    for i, v in enumerate(extra):
+        result[f"extra.{i}"] = env[(v.node, v.index)]
+    return result
+
+
+def run_nodes(model: Model, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+              *, observer: Any = None,
+              decode: Decode | None = None) -> dict[tuple[Node, int], np.ndarray]:
+    """Evaluate every node on checked params and inputs; with `decode`, ops that look across
+    positions run their KV-cache forms (the others see only the new tokens)."""
     env: dict[tuple[Node, int], np.ndarray] = {}
     for node in model.nodes:
         if node.op == "input":
-            arr = arrays[node.attrs["name"]]
+            arr = inputs[node.attrs["name"]]
             env[(node, 0)] = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
             continue
-        local = {p.name: checked[model.param_key(node, p)] for p in node.params}
+        local = {p.name: params[model.param_key(node, p)] for p in node.params}
         args = [env[(v.node, v.index)] if v is not None else None for v in node.inputs]
-        outs = OPS[node.op].reference(node.attrs, local, *args)
+        op = OPS[node.op]
+        if decode is not None and op.decode is not None:
+            outs = op.decode.reference(node.attrs, local, decode, node, *args)
+        else:
+            outs = op.reference(node.attrs, local, *args)
         if not isinstance(outs, tuple):
             outs = (outs,)
         for i, out in enumerate(outs):
             env[(node, i)] = out
         if observer is not None:
             observer(node, model.name_of(node))
-    result = {k: env[(v.node, v.index)] for k, v in model.outputs.items()}
-    for i, v in enumerate(extra):
-        result[f"extra.{i}"] = env[(v.node, v.index)]
-    return result
+    return env

@@ -170,13 +170,17 @@ class Model:
 
     def predict(self, params: Mapping[str, np.ndarray], feeds: Mapping[str, Any],
                 *, check_finite: bool = False, attention: str = "standard",
-                chunk_size: int = 64) -> dict[str, np.ndarray]:
+                chunk_size: int = 64, kv_cache: bool = False) -> dict[str, np.ndarray]:
         """Evaluate the model with the numpy reference interpreter.
 
         attention: "standard" (full score matrices), "chunked" (query chunks of chunk_size)
         or "memory_efficient" (key/value chunks with an online softmax, never an [Sq, Sk]
         array); all three give the same outputs. Attention weights asked for with
         return_weights are always computed in full.
+
+        kv_cache: run one step of the cached decoder instead (the reference of
+        `ag.export(..., kv_cache=True)`): feeds `input_ids`, `attention_mask` and
+        `past_key_values.{i}.key|value`; returns `logits` and `present.{i}.key|value`.
         """
         from ._checks import Checker
         from ._interpreter import evaluate
@@ -186,6 +190,10 @@ class Model:
         c.choice(attention, "attention", MODES)
         c.pos_int(chunk_size, "chunk_size")
         with attention_mode(attention, chunk_size):
+            if kv_cache:
+                from ._decode import evaluate_cached
+
+                return evaluate_cached(self, params, feeds, check_finite=check_finite)
             return evaluate(self, params, feeds, check_finite=check_finite)
 
     def summary(self) -> str:

@@ -23,6 +23,20 @@ TARGETS = ("ort", "onnx", "decomposed")
 
 
 @dataclass(frozen=True)
+class DecodeForms:
+    """How an op that looks across positions runs one KV-cache decoding step."""
+
+    # reference(attrs, params, ctx, node, *inputs) -> outputs for the new tokens
+    reference: ReferenceFn
+    # lower(builder, node, input_names, ctx) -> output names
+    lower: LowerFn
+    # check(node) -> None, or why this node cannot decode with a cache
+    check: Callable[[Any], "str | None"] = lambda node: None
+    # cache(node) -> (kv_heads, head_dim, window) for ops that keep a key/value cache
+    cache: Callable[[Any], "tuple[int, int, int | None]"] | None = None
+
+
+@dataclass(frozen=True)
 class OpDef:
     """Everything attngraph knows about one op."""
 
@@ -31,6 +45,11 @@ class OpDef:
     reference: ReferenceFn
     # Lowerings by target; "decomposed" is required and is the fallback for the other targets.
     lower: dict[str, LowerFn] = field(default_factory=dict)
+    # KV-cache decoding (`_decode.py`): an op either treats every sequence position on its
+    # own (`per_position(attrs)` is True, so it runs unchanged on the new tokens only), or it
+    # has decode forms that read positions, padding and the cache from a `Decode` context.
+    per_position: Callable[[Any], bool] | None = None
+    decode: DecodeForms | None = None
 
     def lowering(self, target: str) -> LowerFn:
         return self.lower.get(target) or self.lower["decomposed"]
@@ -47,6 +66,8 @@ def register(
     decomposed: LowerFn,
     ort: LowerFn | None = None,
     onnx: LowerFn | None = None,
+    per_position: bool | Callable[[Any], bool] = False,
+    decode: DecodeForms | None = None,
 ) -> OpDef:
     """Add an op to the registry; each op name is registered exactly once."""
     if name in OPS:
@@ -56,6 +77,7 @@ def register(
         lower["ort"] = ort
     if onnx is not None:
         lower["onnx"] = onnx
-    op = OpDef(name, infer, reference, lower)
+    rule = (lambda attrs: True) if per_position is True else (per_position or None)
+    op = OpDef(name, infer, reference, lower, rule, decode)
     OPS[name] = op
     return op

@@ -6,12 +6,23 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from .._decode import (
+    IDS,
+    LOGITS,
+    MASK,
+    CacheLayer,
+    Decode,
+    cache_input_types,
+    cache_layers,
+    past_names,
+    present_names,
+)
 from .._errors import ExportError
 from .._io import atomic_write_bytes
 from .._params import check_params
@@ -41,6 +52,7 @@ def export(
     target: str = "ort",
     opset: int | None = None,
     dtype: str = "float32",
+    kv_cache: bool = False,
 ) -> onnx.ModelProto:
     """Lower `model` to ONNX with every attention layer as one fused node.
 
@@ -52,13 +64,22 @@ def export(
             "decomposed" (opset 17 primitives).
         opset: the default ONNX opset; default 23 for "ort"/"onnx", 17 for "decomposed".
         dtype: "float32" or "float16" for float inputs, outputs and weights.
+        kv_cache: export a decoder with a key/value cache (causal language models: one int
+            input of token ids, one [batch, seq, vocab] output). Inputs `input_ids [batch,
+            seq]`, `attention_mask [batch, total_seq]` (1 = token, 0 = left padding),
+            `past_key_values.{i}.key|value [batch, kv_heads, past_seq, head_dim]`; outputs
+            `logits`, `present.{i}.key|value`. One file serves the prompt (past_seq = 0) and
+            every later step; sliding-window layers keep at most `window` positions. On
+            "ort", onnxruntime's CPU GroupQueryAttention takes several new tokens after a
+            non-empty cache only at batch 1.
 
     Returns:
         The ONNX model proto (the same bytes every time for the same model, params, target).
 
     Raises:
         ExportError: unknown target/dtype/opset, unwritable path.
-        UnsupportedError: a layer uses a feature the target cannot express.
+        UnsupportedError: a layer uses a feature the target cannot express, or (kv_cache)
+            the model is not a causal decoder.
         ParamError: params do not match the model.
     """
     from .. import __version__
@@ -81,31 +102,15 @@ def export(
             raise ExportError(f"export: directory {directory!r} does not exist (path {path!r})")
         if not os.access(directory, os.W_OK):
             raise ExportError(f"export: directory {directory!r} is not writable (path {path!r})")
+    layers = cache_layers(model, "export(kv_cache=True)") if kv_cache else None
     checked = check_params(model.param_specs, params)
 
     b = Builder(target=target, opset=opset, dtype=dtype, params=checked,
                 param_key=model.param_key)
-    names: dict[tuple[int, int], str] = {}
-    graph_inputs = []
-    for key, v in model.inputs.items():
-        names[(id(v.node), 0)] = key
-        b.used_names.add(key)
-        graph_inputs.append(_value_info(key, v.type, dtype))
-    for node in model.nodes:
-        if node.op == "input":
-            continue
-        layer = model.name_of(node)
-        b.begin(layer, node)
-        ins = [names[(id(v.node), v.index)] if v is not None else "" for v in node.inputs]
-        outs = OPS[node.op].lowering(target)(b, node, ins)
-        for i, out in enumerate(outs):
-            names[(id(node), i)] = out
-    graph_outputs = []
-    b.layer = ""
-    for key, v in model.outputs.items():
-        src = names[(id(v.node), v.index)]
-        b.nodes.append(helper.make_node("Identity", [src], [key], name=f"output/{key}"))
-        graph_outputs.append(_value_info(key, v.type, dtype))
+    if layers is None:
+        graph_inputs, graph_outputs = _lower(b, model, dtype)
+    else:
+        graph_inputs, graph_outputs = _lower_cached(b, model, layers, dtype)
 
     graph = helper.make_graph(
         b.nodes, model.name, graph_inputs, graph_outputs, initializer=list(b.initializers.values())
@@ -116,12 +121,17 @@ def export(
                               producer_version=__version__)
     proto.ir_version = 10 if opset <= 24 else 11
     config = json.dumps(model.config(), sort_keys=True, separators=(",", ":"))
-    helper.set_model_props(proto, {
+    props = {
         "attngraph.version": __version__,
         "attngraph.target": target,
         "attngraph.dtype": dtype,
         "attngraph.config": config,
-    })
+    }
+    if layers is not None:
+        props["attngraph.kv_cache"] = json.dumps(
+            [{"layer": x.name, "kv_heads": x.kv_heads, "head_dim": x.head_dim,
+              "window": x.window} for x in layers], separators=(",", ":"))
+    helper.set_model_props(proto, props)
     size = sum(t.ByteSize() for t in proto.graph.initializer)
     if size > _EXTERNAL_DATA_THRESHOLD:
         if path is None:
@@ -135,6 +145,72 @@ def export(
     if path is not None:
         atomic_write_bytes(path, proto.SerializeToString(), what="export")
     return proto
+
+
+def _lower_nodes(b: Builder, model: Model, names: dict[tuple[int, int], str],
+                 decode: Decode | None = None) -> None:
+    """Lower every node in order; `names` maps (node id, output index) -> tensor name."""
+    for node in model.nodes:
+        if node.op == "input":
+            continue
+        b.begin(model.name_of(node), node)
+        ins = [names[(id(v.node), v.index)] if v is not None else "" for v in node.inputs]
+        op = OPS[node.op]
+        if decode is not None and op.decode is not None:
+            outs = op.decode.lower(b, node, ins, decode)
+        else:
+            outs = op.lowering(b.target)(b, node, ins)
+        for i, out in enumerate(outs):
+            names[(id(node), i)] = out
+    b.layer = ""
+
+
+def _output(b: Builder, src: str, key: str) -> None:
+    b.nodes.append(helper.make_node("Identity", [src], [key], name=f"output/{key}"))
+
+
+def _lower(b: Builder, model: Model, dtype: str) -> tuple[list[Any], list[Any]]:
+    names: dict[tuple[int, int], str] = {}
+    graph_inputs = []
+    for key, v in model.inputs.items():
+        names[(id(v.node), 0)] = key
+        b.used_names.add(key)
+        graph_inputs.append(_value_info(key, v.type, dtype))
+    _lower_nodes(b, model, names)
+    graph_outputs = []
+    for key, v in model.outputs.items():
+        _output(b, names[(id(v.node), v.index)], key)
+        graph_outputs.append(_value_info(key, v.type, dtype))
+    return graph_inputs, graph_outputs
+
+
+def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer],
+                  dtype: str) -> tuple[list[Any], list[Any]]:
+    """The decoder with a key/value cache (the convention of `_decode.py`)."""
+    types = cache_input_types(model, layers, dtype)
+    b.used_names.update(types)
+    b.layer = "decoder"
+    # positions of the new tokens: cumsum(attention_mask) - 1 (0 for padding), last S columns
+    count = b.op1("CumSum", [MASK, b.const(np.array(1), "int64")])
+    pos = b.op1("Max", [b.op1("Sub", [count, b.ints([1])]), b.ints([0])])  # (B, T)
+    seq = b.dim(IDS, 1)
+    pos = b.op1("Slice", [pos, b.op1("Neg", [seq]), b.ints([np.iinfo(np.int64).max]),
+                          b.ints([1])], tag="positions")  # (B, S)
+    ctx = Decode(index={x.node: i for i, x in enumerate(layers)}, positions=pos,
+                 padding=MASK, past=[past_names(i) for i in range(len(layers))])
+    (ids_value,) = model.inputs.values()
+    names = {(id(ids_value.node), 0): IDS}
+    _lower_nodes(b, model, names, ctx)
+    (out,) = model.outputs.values()
+    _output(b, names[(id(out.node), out.index)], LOGITS)
+    outputs = [_value_info(LOGITS, TensorType(dtype, ("batch", "seq", out.type.shape[-1])),
+                           dtype)]
+    for i, x in enumerate(layers):
+        for src, key in zip(ctx.present[i], present_names(i)):
+            _output(b, src, key)
+            outputs.append(_value_info(
+                key, TensorType(dtype, ("batch", x.kv_heads, "present_seq", x.head_dim)), dtype))
+    return [_value_info(k, t, dtype) for k, t in types.items()], outputs
 
 
 def _check(proto: onnx.ModelProto | str) -> None:

@@ -19,11 +19,11 @@ def inv_freq(rotary_dim: int, base: float) -> np.ndarray:
 
 
 def rope_reference(x: np.ndarray, rotary_dim: int, base: float, interleaved: bool,
-                   offset: int = 0) -> np.ndarray:
-    """x (B, H, S, D) at positions offset .. offset+S-1 -> rotated x (same shape)."""
-    s = x.shape[2]
-    angles = np.arange(offset, offset + s, dtype=np.float64)[:, None] * inv_freq(rotary_dim, base)
-    cos, sin = np.cos(angles), np.sin(angles)  # (S, r/2)
+                   positions: np.ndarray | None = None) -> np.ndarray:
+    """x (B, H, S, D) at positions 0 .. S-1, or at `positions` (B, S) -> rotated x."""
+    pos = np.arange(x.shape[2]) if positions is None else positions[:, None, :]  # (B, 1, S)
+    angles = pos.astype(np.float64)[..., None] * inv_freq(rotary_dim, base)  # (.., S, r/2)
+    cos, sin = np.cos(angles), np.sin(angles)
     rot, rest = x[..., :rotary_dim].astype(np.float64), x[..., rotary_dim:]
     if interleaved:
         a, b = rot[..., 0::2], rot[..., 1::2]
@@ -38,7 +38,7 @@ def rope_reference(x: np.ndarray, rotary_dim: int, base: float, interleaved: boo
 
 
 def rope_cache(b: Any, x: str, rotary_dim: int, base: float) -> tuple[str, str]:
-    """cos and sin tables (S, r/2) in the model's dtype for positions 0 .. S-1 of x (B, S, ...)."""
+    """cos and sin tables (S, r/2) in the model's dtype for positions 0 .. S-1, S = x's axis 1."""
     seq = b.cast(b.op1("Squeeze", [b.dim(x, 1)]), "float32")
     pos = b.op1("Range", [b.const(np.array(0.0, np.float32), "float32"), seq,
                           b.const(np.array(1.0, np.float32), "float32")])  # (S,)
@@ -51,19 +51,27 @@ def rope_cache(b: Any, x: str, rotary_dim: int, base: float) -> tuple[str, str]:
 
 
 def rope_graph(b: Any, x: str, heads: int, head_dim: int, rotary_dim: int, base: float,
-               interleaved: bool) -> str:
-    """Rotate x (B, S, H*D) at positions 0 .. S-1; the standard RotaryEmbedding op (opset 23)
-    when the target allows it, else MatMul-free primitives."""
-    cos, sin = rope_cache(b, x, rotary_dim, base)
+               interleaved: bool, positions: tuple[str, str] | None = None) -> str:
+    """Rotate x (B, S, H*D) at positions 0 .. S-1, or at `positions` = (ids (B, S) int64, a
+    tensor whose axis 1 counts the positions to tabulate); the standard RotaryEmbedding op
+    (opset 23) when the target allows it, else MatMul-free primitives."""
+    cos, sin = rope_cache(b, x if positions is None else positions[1], rotary_dim, base)
     if b.target != "decomposed" and b.opset >= 23:
-        pos = b.op1("Expand", [b.unsqueeze(b.op1("Range", [
-            b.const(np.array(0), "int64"), b.op1("Squeeze", [b.dim(x, 1)]),
-            b.const(np.array(1), "int64")]), [0]), b.concat([b.dim(x, 0), b.dim(x, 1)], 0)])
+        if positions is None:
+            pos = b.op1("Expand", [b.unsqueeze(b.op1("Range", [
+                b.const(np.array(0), "int64"), b.op1("Squeeze", [b.dim(x, 1)]),
+                b.const(np.array(1), "int64")]), [0]), b.concat([b.dim(x, 0), b.dim(x, 1)], 0)])
+        else:
+            pos = positions[0]
         return b.op1("RotaryEmbedding", [x, cos, sin, pos], tag="RotaryEmbedding",
                      interleaved=int(interleaved), num_heads=heads,
                      rotary_embedding_dim=rotary_dim)
     x4 = b.reshape(x, [0, 0, heads, head_dim])  # (B, S, H, D)
-    cos4, sin4 = b.unsqueeze(cos, [1]), b.unsqueeze(sin, [1])  # (S, 1, r/2)
+    if positions is None:
+        cos4, sin4 = b.unsqueeze(cos, [1]), b.unsqueeze(sin, [1])  # (S, 1, r/2)
+    else:  # (B, S, 1, r/2)
+        cos4 = b.unsqueeze(b.op1("Gather", [cos, positions[0]], axis=0), [2])
+        sin4 = b.unsqueeze(b.op1("Gather", [sin, positions[0]], axis=0), [2])
     half = rotary_dim // 2
 
     def cut(t: str, start: int, end: int) -> str:

@@ -7,12 +7,14 @@ Shape rules and numpy references live here; the graph forms live in `_attention_
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from .._registry import register
+from .._registry import DecodeForms, register
 from .._types import INT_DTYPES, TensorType, same_dim
+from ._attention_cache import cached_attention, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention
 from ._attention_math import attention_reference, merge_heads, split_heads
@@ -136,29 +138,35 @@ def _mha_infer(types: list[Any], attrs: Any, fail: Fail) -> list[TensorType]:
     return out
 
 
-def _mha_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, ctx: np.ndarray | None,
-             kpm: np.ndarray | None, mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    src = x if ctx is None else ctx
-
-    def proj(t: np.ndarray, name: str) -> np.ndarray:
-        y = t @ p[f"{name}.kernel"]
-        return y + p[f"{name}.bias"] if f"{name}.bias" in p else y
-
-    q = split_heads(proj(x, "query"), attrs["num_heads"])  # (B, Hq, Sq, D)
-    k = split_heads(proj(src, "key"), attrs["num_kv_heads"])  # (B, Hkv, Sk, D)
-    v = split_heads(proj(src, "value"), attrs["num_kv_heads"])  # (B, Hkv, Sk, D)
+def _heads_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, src: np.ndarray,
+               positions: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Projected, normalised and rotated q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D)."""
+    q = split_heads(_dense(p, x, "query"), attrs["num_heads"])  # (B, Hq, Sq, D)
+    k = split_heads(_dense(p, src, "key"), attrs["num_kv_heads"])  # (B, Hkv, Sk, D)
+    v = split_heads(_dense(p, src, "value"), attrs["num_kv_heads"])  # (B, Hkv, Sk, D)
     if attrs["qk_layernorm"]:
         q, k = _head_norm(q, p, "q_norm"), _head_norm(k, p, "k_norm")
     if attrs["rope"] is not None:
         rotary_dim, base, interleaved = attrs["rope"]
-        q = rope_reference(q, rotary_dim, base, interleaved)
-        k = rope_reference(k, rotary_dim, base, interleaved)
+        q = rope_reference(q, rotary_dim, base, interleaved, positions)
+        k = rope_reference(k, rotary_dim, base, interleaved, positions)
+    return q, k, v
+
+
+def _dense(p: dict[str, np.ndarray], t: np.ndarray, name: str) -> np.ndarray:
+    y = t @ p[f"{name}.kernel"]
+    return y + p[f"{name}.bias"] if f"{name}.bias" in p else y
+
+
+def _mha_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, ctx: np.ndarray | None,
+             kpm: np.ndarray | None, mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    q, k, v = _heads_ref(attrs, p, x, x if ctx is None else ctx)
     out, weights = attention_reference(
         q, k, v, mask=mask, key_padding_mask=kpm, causal=attrs["causal"],
         window=attrs["window"], scale=attrs["scale"], softcap=attrs["softcap"],
         return_weights=attrs["return_weights"],
     )
-    y = proj(merge_heads(out), "output")  # (B, Sq, Hq*D) -> (B, Sq, out_dim)
+    y = _dense(p, merge_heads(out), "output")  # (B, Sq, Hq*D) -> (B, Sq, out_dim)
     return (y, weights) if weights is not None and attrs["return_weights"] else (y,)
 
 
@@ -176,15 +184,17 @@ def _head_norm_graph(b: Any, x: str, heads: int, dim: int, name: str) -> str:
     return b.reshape(y, [0, 0, heads * dim])  # (B, S, H*D)
 
 
-def _mha_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
-    x, ctx, kpm, mask = ins
+def _project_graph(b: Any, node: Any, x: str, src: str,
+                   positions: tuple[str, str] | None = None) -> tuple[str, str, str, Attn]:
+    """Projected q (B, Sq, Hq*D), k, v (B, Sk, Hkv*D) (normalised, rotated unless the fused
+    op rotates them) and the layer's attention facts."""
     attrs = node.attrs
     x_type, ctx_value = node.inputs[0].type, node.inputs[1]
     same = ctx_value is None
     hq, hkv, d = attrs["num_heads"], attrs["num_kv_heads"], attrs["head_dim"]
     a = attn_facts(node, same or same_dim(x_type.shape[1], ctx_value.type.shape[1]) is True,
                    hq, hkv, d, d)
-    a = Attn(**{**a.__dict__, "cross": not same, "rope": attrs["rope"]})
+    a = replace(a, cross=not same, rope=attrs["rope"])
 
     def proj(t: str, name: str) -> str:
         y = b.op1("MatMul", [t, b.param(f"{name}.kernel")], tag=f"{name}/MatMul")
@@ -192,18 +202,82 @@ def _mha_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
             y = b.op1("Add", [y, b.param(f"{name}.bias")], tag=f"{name}/Add")
         return y
 
-    src = ctx or x
     q, k, v = proj(x, "query"), proj(src, "key"), proj(src, "value")  # (B, S, H*D)
     if attrs["qk_layernorm"]:
         q = _head_norm_graph(b, q, hq, d, "q_norm")
         k = _head_norm_graph(b, k, hkv, d, "k_norm")
-    if a.rope is not None and not uses_fused_rope(b, a):
+    if a.rope is not None and (positions is not None or not uses_fused_rope(b, a)):
         rotary_dim, base, interleaved = a.rope
-        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved)
-        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved)
+        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, positions)
+        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, positions)
+    return q, k, v, a
+
+
+def _output_graph(b: Any, node: Any, out: str) -> str:
+    y = b.op1("MatMul", [out, b.param("output.kernel")], tag="output/MatMul")
+    if node.attrs["use_bias"]:
+        y = b.op1("Add", [y, b.param("output.bias")], tag="output/Add")
+    return y
+
+
+def _mha_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
+    x, ctx, kpm, mask = ins
+    q, k, v, a = _project_graph(b, node, x, ctx or x)
     outs = _core(b, a, q, k, v, mask, kpm, "3d")
-    return [proj(outs[0], "output"), *outs[1:]]
+    return [_output_graph(b, node, outs[0]), *outs[1:]]
+
+
+# -- multi-head attention with a key/value cache (see `_decode.py`) ---------------------------
+
+
+def _mha_decode_check(node: Any) -> str | None:
+    attrs = node.attrs
+    if node.inputs[1] is not None:
+        return "cross-attention keeps no growing cache; only self-attention decodes with one"
+    if node.inputs[2] is not None or node.inputs[3] is not None:
+        return ("a key_padding_mask or mask input cannot follow cached decoding; the cached "
+                "model takes attention_mask [batch, total_seq] instead")
+    if not attrs["causal"]:
+        return "attention must be causal (causal=True) to decode with a cache"
+    if attrs["window"] is not None and not isinstance(attrs["window"], int):
+        return (f"a (left, right) window {attrs['window']} cannot be cached; use an int "
+                "window (the last K positions)")
+    if attrs["return_weights"]:
+        return "return_weights is for inspection; export without it to decode with a cache"
+    return None
+
+
+def _mha_cache(node: Any) -> tuple[int, int, int | None]:
+    return node.attrs["num_kv_heads"], node.attrs["head_dim"], node.attrs["window"]
+
+
+def _mha_decode_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x: np.ndarray,
+                    *_: Any) -> tuple[np.ndarray]:
+    q, k, v = _heads_ref(attrs, p, x, x, ctx.positions)  # new tokens (B, H, S, D)
+    past_k, past_v = ctx.past[ctx.index[node]]
+    k = np.concatenate([past_k, k], axis=2)  # (B, Hkv, P+S, D)
+    v = np.concatenate([past_v, v], axis=2)
+    out, _ = attention_reference(
+        q, k, v, key_padding_mask=ctx.padding[:, -k.shape[2]:], causal=True,
+        window=attrs["window"], scale=attrs["scale"], softcap=attrs["softcap"],
+    )
+    window = attrs["window"]
+    ctx.present[ctx.index[node]] = (k, v) if window is None else (k[:, :, -window:],
+                                                                  v[:, :, -window:])
+    return (_dense(p, merge_heads(out), "output"),)  # (B, S, out_dim)
+
+
+def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
+    q, k, v, a = _project_graph(b, node, ins[0], ins[0], (ctx.positions, ctx.padding))
+    a = replace(a, same_len=False, has_kpm=True, kpm_bool=False)
+    past_k, past_v = ctx.past[ctx.index[node]]
+    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding)
+    window = node.attrs["window"]
+    ctx.present[ctx.index[node]] = (trim_to_window(b, present_k, window),
+                                    trim_to_window(b, present_v, window))
+    return [_output_graph(b, node, out)]
 
 
 register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
-         ort=_mha_lower, onnx=_mha_lower)
+         ort=_mha_lower, onnx=_mha_lower,
+         decode=DecodeForms(_mha_decode_ref, _mha_decode_lower, _mha_decode_check, _mha_cache))

@@ -34,7 +34,8 @@ def _dense_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     return [y]
 
 
-register("dense", infer=_dense_infer, reference=_dense_ref, decomposed=_dense_lower)
+register("dense", infer=_dense_infer, reference=_dense_ref, decomposed=_dense_lower,
+         per_position=True)
 
 # -- elementwise -----------------------------------------------------------------------------
 
@@ -57,7 +58,8 @@ def _nary(np_fn: Any, onnx_op: str) -> tuple[Any, Any]:
 
 for _name, _fn, _op in (("add", np.add, "Add"), ("multiply", np.multiply, "Mul")):
     _ref, _low = _nary(_fn, _op)
-    register(_name, infer=lambda t, a, f: same_type(t, f), reference=_ref, decomposed=_low)
+    register(_name, infer=lambda t, a, f: same_type(t, f), reference=_ref, decomposed=_low,
+             per_position=True)
 
 
 def _concat_infer(types: list[Any], attrs: Any, fail: Fail) -> list[Any]:
@@ -81,7 +83,14 @@ register(
     infer=_concat_infer,
     reference=lambda a, p, *xs: np.concatenate(xs, axis=a["axis"]),
     decomposed=lambda b, node, ins: [b.op1("Concat", ins, axis=node.attrs["axis"])],
+    per_position=lambda a: off_sequence_axis(a["axis"]),
 )
+
+def off_sequence_axis(axis: int) -> bool:
+    """Whether an op along `axis` of [batch, seq, ...] leaves positions apart (KV-cache
+    decoding runs such ops on the new tokens alone)."""
+    return axis == -1 or axis >= 2
+
 
 # -- activations -----------------------------------------------------------------------------
 
@@ -115,22 +124,26 @@ def _gelu_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     return [b.op1("Mul", [half, b.op1("Add", [t, b.const(1.0)])])]
 
 
-register("gelu", infer=unary, reference=_gelu_ref, decomposed=_gelu_lower)
+register("gelu", infer=unary, reference=_gelu_ref, decomposed=_gelu_lower, per_position=True)
 register(
     "relu", infer=unary, reference=lambda a, p, x: np.maximum(x, 0),
     decomposed=lambda b, n, ins: [b.op1("Relu", ins)],
+    per_position=True,
 )
 register(
     "sigmoid", infer=unary, reference=lambda a, p, x: _sigmoid(x),
     decomposed=lambda b, n, ins: [b.op1("Sigmoid", ins)],
+    per_position=True,
 )
 register(
     "tanh", infer=unary, reference=lambda a, p, x: np.tanh(x),
     decomposed=lambda b, n, ins: [b.op1("Tanh", ins)],
+    per_position=True,
 )
 register(
     "silu", infer=unary, reference=lambda a, p, x: x * _sigmoid(x),
     decomposed=lambda b, n, ins: [b.op1("Mul", [ins[0], b.op1("Sigmoid", ins)])],
+    per_position=True,
 )
 
 
@@ -143,12 +156,15 @@ def softmax_ref(x: np.ndarray, axis: int = -1) -> np.ndarray:
 register(
     "softmax", infer=unary, reference=lambda a, p, x: softmax_ref(x, a["axis"]),
     decomposed=lambda b, n, ins: [b.op1("Softmax", ins, axis=n.attrs["axis"])],
+    per_position=lambda a: off_sequence_axis(a["axis"]),
 )
 register(
     "scale", infer=unary, reference=lambda a, p, x: x * np.float32(a["factor"]),
     decomposed=lambda b, n, ins: [b.op1("Mul", [ins[0], b.const(np.array(n.attrs["factor"]))])],
+    per_position=True,
 )
 register(
     "dropout", infer=unary, reference=lambda a, p, x: x,
     decomposed=lambda b, n, ins: [b.op1("Identity", ins)],
+    per_position=True,
 )

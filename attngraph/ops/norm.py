@@ -34,7 +34,7 @@ def _layer_norm_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
 
 
 register("layer_norm", infer=_norm_infer, reference=_layer_norm_ref,
-         decomposed=_layer_norm_lower)
+         decomposed=_layer_norm_lower, per_position=True)
 
 
 def _rms_norm_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -57,4 +57,5 @@ def _rms_norm_standard(b: Any, node: Any, ins: list[str]) -> list[str]:
 
 
 register("rms_norm", infer=_norm_infer, reference=_rms_norm_ref,
-         decomposed=_rms_norm_decomposed, onnx=_rms_norm_standard, ort=_rms_norm_standard)
+         decomposed=_rms_norm_decomposed, onnx=_rms_norm_standard, ort=_rms_norm_standard,
+         per_position=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._registry import register
+from .._registry import DecodeForms, register
 from .._types import INT_DTYPES, TensorType
 from ._shapes import Fail, need_float, need_rank
 
@@ -33,6 +33,7 @@ def _embedding_ref(attrs: Any, p: dict[str, np.ndarray], ids: np.ndarray) -> np.
 register(
     "embedding", infer=_embedding_infer, reference=_embedding_ref,
     decomposed=lambda b, n, ins: [b.op1("Gather", [b.param("embeddings"), ins[0]], axis=0)],
+    per_position=True,
 )
 
 # -- positional encodings --------------------------------------------------------------------
@@ -78,10 +79,16 @@ def _pos_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     seq = b.dim(x, 1)  # (1,) int64
     if node.attrs["kind"] == "learned":
         table = b.op1("Slice", [b.param("embeddings"), b.ints([0]), seq, b.ints([0])])
-        return [b.op1("Add", [x, table])]
+    else:
+        table = _sinusoidal_graph(b, seq, dim)
+    return [b.op1("Add", [x, table])]
+
+
+def _sinusoidal_graph(b: Any, count: str, dim: int) -> str:
+    """The (count, dim) sinusoidal table of `sinusoidal_table`, count a (1,) int64 tensor."""
     half = (dim + 1) // 2
     pos = b.op1("Range", [b.const(np.array(0.0, np.float32), "float32"),
-                          b.cast(b.op1("Squeeze", [seq]), "float32"),
+                          b.cast(b.op1("Squeeze", [count]), "float32"),
                           b.const(np.array(1.0, np.float32), "float32")])  # (S,)
     inv_freq = (1.0 / 10000.0 ** (np.arange(0, dim, 2, dtype=np.float64) / dim)).astype(np.float32)
     angles = b.op1("Mul", [b.unsqueeze(pos, [1]), b.const(inv_freq[None, :], "float32")])
@@ -92,10 +99,32 @@ def _pos_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
         table = b.op1("Slice", [table, b.ints([0]), b.ints([dim]), b.ints([1])])
     if b.dtype != "float32":
         table = b.cast(table, b.dtype)
-    return [b.op1("Add", [x, table])]
+    return table
 
 
-register("positional_encoding", infer=_pos_infer, reference=_pos_ref, decomposed=_pos_lower)
+def _pos_decode_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any,
+                    x: np.ndarray) -> np.ndarray:
+    pos = ctx.positions  # (B, S)
+    if attrs["kind"] == "sinusoidal":
+        return x + sinusoidal_table(int(pos.max()) + 1, attrs["dim"])[pos]
+    if pos.max() >= attrs["max_len"]:
+        from .._errors import FeedError
+
+        raise FeedError(f"positional_encoding: position {pos.max()} exceeds "
+                        f"max_len={attrs['max_len']}")
+    return x + p["embeddings"][pos]  # (B, S, dim)
+
+
+def _pos_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
+    if node.attrs["kind"] == "learned":
+        table = b.param("embeddings")
+    else:  # every position so far: the attention mask's length
+        table = _sinusoidal_graph(b, b.dim(ctx.padding, 1), node.attrs["dim"])
+    return [b.op1("Add", [ins[0], b.op1("Gather", [table, ctx.positions], axis=0)])]
+
+
+register("positional_encoding", infer=_pos_infer, reference=_pos_ref, decomposed=_pos_lower,
+         decode=DecodeForms(_pos_decode_ref, _pos_decode_lower))
 
 # -- pooling ---------------------------------------------------------------------------------
 
@@ -133,7 +162,7 @@ def _tied_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
 
 register("tied_projection", infer=_tied_infer,
          reference=lambda a, p, x: x @ p["embeddings"].T,  # (..., dim) -> (..., vocab)
-         decomposed=_tied_lower)
+         decomposed=_tied_lower, per_position=True)
 
 
 def _mean_pool_infer(types: list[Any], attrs: Any, fail: Fail) -> list[Any]:

@@ -1,0 +1,185 @@
+"""KV-cache decoding: which models can decode with a cache, the cached model's inputs and
+outputs, and the reference evaluation of one cached step.
+
+A cached decoder has the inputs and outputs onnxruntime's generation tooling expects:
+
+    input_ids                   int64 [batch, seq]              the new tokens
+    attention_mask              int64 [batch, total_seq]        1 = real token, 0 = padding,
+                                                                over every position so far
+    past_key_values.{i}.key     float [batch, kv_heads, past_seq, head_dim]   (and .value)
+    -> logits                   float [batch, seq, vocab]
+    -> present.{i}.key          float [batch, kv_heads, present_seq, head_dim] (and .value)
+
+Semantics: token t of a row sits at position cumsum(attention_mask)[t] - 1, so a left-padded
+row computes exactly what it would alone; keys are the cached ones followed by the new ones,
+padding keys are never attended, causal and sliding windows are bottom-right (DESIGN §4).
+present_seq = past_seq + seq, or at most `window` for sliding-window layers (their cache
+never grows past the window); then total_seq may exceed past_seq + seq.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._errors import FeedError, UnsupportedError, layer_message
+from ._registry import OPS
+from ._types import INT_DTYPES, TensorType
+
+if TYPE_CHECKING:
+    from ._graph import Node
+    from ._model import Model
+
+IDS, MASK, LOGITS = "input_ids", "attention_mask", "logits"
+
+
+def past_names(i: int) -> tuple[str, str]:
+    return f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+
+
+def present_names(i: int) -> tuple[str, str]:
+    return f"present.{i}.key", f"present.{i}.value"
+
+
+@dataclass(frozen=True)
+class CacheLayer:
+    """One attention layer's cache: [batch, kv_heads, <=window, head_dim] keys and values."""
+
+    node: Node
+    name: str
+    kv_heads: int
+    head_dim: int
+    window: int | None
+
+
+@dataclass
+class Decode:
+    """What the decode forms of ops read: numpy arrays in the reference interpreter, tensor
+    names in the exporter."""
+
+    index: dict[Node, int]  # attention node -> cache slot i
+    positions: Any  # (B, S) int64: absolute position of each new token
+    padding: Any  # (B, T) int64: the attention mask over every position so far
+    past: list[tuple[Any, Any]]  # slot i -> (B, Hkv, P, D) keys, values
+    present: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+
+
+def cache_layers(model: Model, where: str = "kv_cache") -> list[CacheLayer]:
+    """The attention layers of a decoder model, in order; raises UnsupportedError naming the
+    first layer that cannot run with a cache (or a model of the wrong form)."""
+    ints = [k for k, t in model.input_types.items() if t.dtype in INT_DTYPES and t.rank == 2]
+    if len(model.inputs) != 1 or not ints:
+        raise UnsupportedError(
+            f"{where}: a cached decoder takes one int input [batch, seq] of token ids; "
+            f"model {model.name!r} takes {_types(model.input_types)}"
+        )
+    outs = model.output_types
+    if len(outs) != 1 or next(iter(outs.values())).rank != 3:
+        raise UnsupportedError(
+            f"{where}: a cached decoder has one output [batch, seq, vocab] (the logits); "
+            f"model {model.name!r} gives {_types(outs)}"
+        )
+    layers = []
+    for node in model.nodes:
+        if node.op == "input":
+            continue
+        op = OPS[node.op]
+        name = model.name_of(node)
+        if op.decode is not None:
+            reason = op.decode.check(node)
+            if reason is None and op.decode.cache is not None:
+                layers.append(CacheLayer(node, name, *op.decode.cache(node)))
+                continue
+        elif op.per_position is not None and op.per_position(node.attrs):
+            continue
+        else:
+            reason = ("it mixes sequence positions and has no cached form; a cached decoder "
+                      "is built from per-position layers, positional encodings and causal "
+                      "self-attention")
+        if reason is not None:
+            raise UnsupportedError(layer_message(node.op, name, f"{where}: {reason}",
+                                                 node.location))
+    if not layers:
+        raise UnsupportedError(f"{where}: model {model.name!r} has no attention layer to cache")
+    return layers
+
+
+def _types(types: Mapping[str, TensorType]) -> str:
+    return "(" + ", ".join(f"{k}: {t}" for k, t in types.items()) + ")"
+
+
+def cache_input_types(model: Model, layers: list[CacheLayer],
+                      dtype: str = "float32") -> dict[str, TensorType]:
+    types = {IDS: TensorType("int64", ("batch", "seq")),
+             MASK: TensorType("int64", ("batch", "total_seq"))}
+    for i, layer in enumerate(layers):
+        for name in past_names(i):
+            types[name] = TensorType(dtype, ("batch", layer.kv_heads, "past_seq",
+                                             layer.head_dim))
+    return types
+
+
+def positions_from_mask(mask: np.ndarray, seq: int) -> np.ndarray:
+    """(B, T) attention mask -> (B, seq) int64 positions of the last `seq` tokens:
+    cumsum(mask) - 1, clipped at 0 for padding (as Hugging Face's generate does)."""
+    pos = np.maximum(np.cumsum(mask.astype(np.int64), axis=1) - 1, 0)
+    return pos[:, pos.shape[1] - seq:]
+
+
+def check_lengths(layers: list[CacheLayer], arrays: Mapping[str, np.ndarray],
+                  where: str) -> None:
+    """total_seq must cover the cached and the new tokens (and equal them without a window)."""
+    seq, total = arrays[IDS].shape[1], arrays[MASK].shape[1]
+    for i, layer in enumerate(layers):
+        past = arrays[past_names(i)[0]].shape[2]
+        if layer.window is not None and past > layer.window:
+            raise FeedError(f"{where}: {past_names(i)[0]!r} holds {past} positions, more than "
+                            f"layer {layer.name!r}'s window of {layer.window}")
+        if (total != past + seq) if layer.window is None else (total < past + seq):
+            raise FeedError(
+                f"{where}: attention_mask covers {total} positions, but layer {layer.name!r} "
+                f"has {past} cached and {seq} new ones; the mask spans every position so far "
+                f"(past_seq + seq = {past + seq})"
+            )
+
+
+def evaluate_cached(model: Model, params: Mapping[str, Any], feeds: Mapping[str, Any], *,
+                    check_finite: bool = False) -> dict[str, np.ndarray]:
+    """One cached step in numpy: the reference of `export(..., kv_cache=True)`."""
+    from ._feeds import check_feeds
+    from ._interpreter import run_nodes
+    from ._params import check_params
+
+    layers = cache_layers(model, "predict(kv_cache=True)")
+    arrays = check_feeds(cache_input_types(model, layers), feeds, check_finite=check_finite,
+                         where="predict(kv_cache=True)")
+    check_lengths(layers, arrays, "predict(kv_cache=True)")
+    checked = check_params(model.param_specs, params)
+    ids, mask = arrays[IDS], arrays[MASK]
+    ctx = Decode(
+        index={layer.node: i for i, layer in enumerate(layers)},
+        positions=positions_from_mask(mask, ids.shape[1]),
+        padding=mask,
+        past=[(arrays[k], arrays[v]) for k, v in map(past_names, range(len(layers)))],
+    )
+    (key,) = model.inputs
+    env = run_nodes(model, checked, {key: ids}, decode=ctx)
+    (out,) = model.outputs.values()
+    result = {LOGITS: env[(out.node, out.index)]}
+    for i in range(len(layers)):
+        k, v = ctx.present[i]
+        result.update(zip(present_names(i), (k, v)))
+    return result
+
+
+def empty_past(layers: list[CacheLayer], batch: int,
+               dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """Zero-length caches for the first (prompt) step."""
+    feeds = {}
+    for i, layer in enumerate(layers):
+        for name in past_names(i):
+            feeds[name] = np.zeros((batch, layer.kv_heads, 0, layer.head_dim), dtype)
+    return feeds

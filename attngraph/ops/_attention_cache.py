@@ -1,0 +1,90 @@
+"""Attention with a key/value cache, for every target (see `_decode.py` for the convention).
+
+The new tokens' keys and values follow the cached ones; one boolean "allow" mask
+[B, 1, S, T] (bottom-right causal, sliding window, padding from the attention mask) serves
+every form, and rows it leaves without keys (left padding inside the prompt) become zeros.
+
+- "ort": com.microsoft.GroupQueryAttention with past_key / past_value, seqlens_k = T - 1 for
+  every row (left padding keeps the buffer rectangular; the bias masks the pads), when
+  head_size % 8 == 0 and Dv == D; else the standard op. onnxruntime 1.32's CPU kernel takes
+  several new tokens after a non-empty cache only at batch 1 (prompt or one token at a time
+  otherwise).
+- "onnx": the standard Attention op with past_key / past_value (opset 23).
+- "decomposed": an explicit Concat, then the MatMul / Softmax form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ._attention_graph import (
+    Attn,
+    decomposed_attention,
+    from_heads,
+    neg_big,
+    positional_allow,
+    rows_alive,
+    to_heads,
+    zero_dead_rows,
+)
+
+_LAST = np.iinfo(np.int64).max
+
+
+def cached_attention(b: Any, a: Attn, q: str, k: str, v: str, past_k: str, past_v: str,
+                     padding: str) -> tuple[str, str, str]:
+    """q (B, S, Hq*D), new k, v (B, S, Hkv*D), past (B, Hkv, P, D), padding (B, T0) int64
+    -> (out (B, S, Hq*Dv), present key, present value (B, Hkv, P+S, D))."""
+    total = b.op1("Add", [b.dim(past_k, 2), b.dim(q, 1)])  # (1,): T = P + S
+    pad = b.op1("Slice", [padding, b.op1("Neg", [total]), b.ints([_LAST]), b.ints([1])])  # (B, T)
+    allow = b.op1("And", [
+        b.unsqueeze(positional_allow(b, a, q, pad, 1), [0, 1]),  # (1, 1, S, T)
+        b.unsqueeze(b.cast(pad, "bool"), [1, 2]),  # (B, 1, 1, T)
+    ])  # (B, 1, S, T)
+    if b.target == "ort" and a.d % 8 == 0 and a.dv == a.d:
+        return _gqa(b, a, q, k, v, past_k, past_v, total, allow)
+    if b.target == "decomposed":
+        return _concat(b, a, q, k, v, past_k, past_v, allow)
+    b.require_opset(23, "the standard Attention op with a key/value cache")
+    out, present_k, present_v = b.op(
+        "Attention", [q, k, v, allow, past_k, past_v], outputs=3, tag="Attention",
+        scale=a.scale, softcap=a.softcap, q_num_heads=a.hq, kv_num_heads=a.hkv,
+    )
+    return out, present_k, present_v
+
+
+def _gqa(b: Any, a: Attn, q: str, k: str, v: str, past_k: str, past_v: str, total: str,
+         allow: str) -> tuple[str, str, str]:
+    batch = b.dim(q, 0)
+    seqlens = b.op1("Expand", [b.cast(b.op1("Sub", [total, b.ints([1])]), "int32"), batch])
+    bias = b.op1("Where", [allow, b.const(np.array(0.0)), b.const(np.array(neg_big(b)))])
+    out, present_k, present_v = b.op(
+        "GroupQueryAttention",
+        [q, k, v, past_k, past_v, seqlens, b.cast(b.op1("Squeeze", [total]), "int32"),
+         "", "", "", bias],
+        outputs=3, domain="com.microsoft", tag="GroupQueryAttention", num_heads=a.hq,
+        kv_num_heads=a.hkv, scale=a.scale, softcap=a.softcap,
+        local_window_size=a.window if isinstance(a.window, int) else None,
+    )
+    return zero_dead_rows(b, a, rows_alive(b, allow), out, "3d"), present_k, present_v
+
+
+def _concat(b: Any, a: Attn, q: str, k: str, v: str, past_k: str, past_v: str,
+            allow: str) -> tuple[str, str, str]:
+    k4 = b.concat([past_k, to_heads(b, k, a.hkv, a.d)], 2)  # (B, Hkv, T, D)
+    v4 = b.concat([past_v, to_heads(b, v, a.hkv, a.dv)], 2)  # (B, Hkv, T, Dv)
+    # The allow mask already holds causal, window and padding: pass it as a boolean mask.
+    plain = replace(a, causal=False, window=None, mask_kind="bool", mask_rank=4, has_kpm=False,
+                    same_len=False)
+    out, _ = decomposed_attention(b, plain, to_heads(b, q, a.hq, a.d), k4, v4, allow, "", "4d")
+    return from_heads(b, out, a.hq, a.dv), k4, v4
+
+
+def trim_to_window(b: Any, x: str, window: int | None) -> str:
+    """Keep the last `window` cached positions of (B, H, T, D) (all of them without a window)."""
+    if window is None:
+        return x
+    return b.op1("Slice", [x, b.ints([-window]), b.ints([_LAST]), b.ints([2])], tag="trim_cache")
