@@ -30,6 +30,7 @@ from ._types import TensorType
 from ._validate import ValidationReport, validate
 from .analysis import AttentionReport, analyze, plot_attention
 from .blocks import feed_forward, transformer_block
+from .generation import generate, generate_stream
 from .layers import (
     add,
     concatenate,
@@ -86,6 +87,8 @@ __all__ = [
     "export",
     "feed_forward",
     "gelu",
+    "generate",
+    "generate_stream",
     "gru",
     "input",
     "last_timestep",

@@ -84,6 +84,11 @@ class Session:
         raise ExportError(f"Session: expected a path, ModelProto, bytes or Model, given "
                           f"{type(model_or_path).__name__}")
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model's metadata_props (attngraph records version, target, config there)."""
+        return dict(self._session.get_modelmeta().custom_metadata_map)
+
     def run(self, feeds: Mapping[str, Any], *, check_finite: bool = False,
             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Check feeds against the model's inputs (names, dtypes, shapes; NaN/Inf when
@@ -99,6 +104,37 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
             raise RuntimeFailure(f"Session.run: onnxruntime failed: {exc}") from None
         return dict(zip(names, results))
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: "cuda" when the session uses the CUDA provider, else "cpu"."""
+        used = self._session.get_providers()
+        return "cuda" if "CUDAExecutionProvider" in used else "cpu"
+
+    def run_bound(self, host: Mapping[str, np.ndarray], device: Mapping[str, Any], *,
+                  keep: Sequence[str], fetch: Sequence[str]) -> tuple[dict[str, np.ndarray],
+                                                                       dict[str, Any]]:
+        """One run with onnxruntime I/O binding, for loops that feed outputs back (a KV cache):
+        `host` numpy arrays are copied in, `device` values (from an earlier `keep`) are used
+        where they are, `keep` outputs stay on the model's device as OrtValues, `fetch`
+        outputs come back as numpy. Feeds are not checked here (the caller builds them)."""
+        binding = self._session.io_binding()
+        try:
+            for name, arr in host.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+            for name, value in device.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in keep:
+                binding.bind_output(name, self.device)
+            for name in fetch:
+                binding.bind_output(name, "cpu")
+            self._session.run_with_iobinding(binding)
+        except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
+            raise RuntimeFailure(f"Session.run_bound: onnxruntime failed: {exc}") from None
+        values = binding.get_outputs()  # in the order bound
+        kept = dict(zip(keep, values[: len(keep)]))
+        fetched = {name: v.numpy() for name, v in zip(fetch, values[len(keep):])}
+        return fetched, kept
 
     @property
     def session(self) -> Any:
