@@ -4,6 +4,7 @@
     attngraph summary model.py
     attngraph validate model.py --targets ort,decomposed --batch 2 --seq 7
     attngraph run model.onnx --repeat 20
+    attngraph generate decoder.onnx --prompt "5 17 3" -n 32
 
 A model file is a Python file; `FILE.py:NAME` names a module-level `ag.Model`, a tuple
 `(model, params)`, a dict with keys `model` (and optionally `params`), or a function of no
@@ -304,7 +305,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export to ONNX and print one line: path, target, opset, nodes, fused attention, size."""
     model, params = model_and_params(args)
     proto = export(model, params, args.output, target=args.target, opset=args.opset,
-                   dtype=args.dtype)
+                   dtype=args.dtype, kv_cache=args.kv_cache)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     fused = sum(n.op_type in FUSED_ATTENTION_OPS for n in proto.graph.node)
     size = os.path.getsize(args.output)
@@ -373,6 +374,60 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate from one or more prompts; tokens stream to stdout as they come (one line per
+    prompt), speed goes to stderr."""
+    from .generation import generate_stream
+
+    prompts = [_token_list(text) for text in args.prompt]
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), width), np.int64)
+    mask = np.zeros((len(prompts), width), np.int64)
+    for row, prompt in enumerate(prompts):  # left padding
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    if args.model.endswith(".onnx"):
+        _require_file(args.model, "the .onnx decoder")
+        source: Any = Session(args.model, args.providers)
+        params = None
+    else:
+        model, params = model_and_params(args)
+        if args.target == "reference":
+            source = model
+        else:
+            source = Session(export(model, params, target=args.target, kv_cache=True),
+                             args.providers)
+            params = None
+    stream = generate_stream(source, ids, args.max_new_tokens, params=params,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             seed=args.seed, eos_token_id=args.eos, attention_mask=mask)
+    start, steps, rows = time.perf_counter(), 0, [list(p) for p in prompts]
+    for tokens in stream:
+        steps += 1
+        for row, token in enumerate(tokens):
+            rows[row].append(int(token))
+        if len(prompts) == 1:
+            print(("" if steps > 1 else " ".join(map(str, prompts[0])) + " |") + f" {tokens[0]}",
+                  end="", flush=True)
+    elapsed = time.perf_counter() - start
+    if len(prompts) == 1:
+        print()
+    else:
+        for row in rows:
+            print(" ".join(map(str, row)))
+    print(f"{steps} step(s) x {len(prompts)} prompt(s) in {elapsed:.3f} s "
+          f"({steps * len(prompts) / max(elapsed, 1e-9):.1f} tok/s)", file=sys.stderr)
+    return 0
+
+
+def _token_list(text: str) -> list[int]:
+    parts = text.replace(",", " ").split()
+    if not parts or not all(p.isdigit() for p in parts):
+        raise CLIError(f"--prompt expects token ids separated by spaces or commas, given "
+                       f"{text!r}")
+    return [int(p) for p in parts]
+
+
 def _human_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB"):
         if n < 1024:
@@ -435,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=TARGETS, default="ort")
     p.add_argument("--opset", type=int, default=None, help="default: 23 (ort, onnx), 17 "
                    "(decomposed)")
+    p.add_argument("--kv-cache", action="store_true", help="export a decoder with a key/value "
+                   "cache (past_key_values / present inputs and outputs)")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("summary", help="print the model's layer table")
@@ -466,6 +523,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", type=_providers, default=None, metavar="EP,...",
                    help="default: CUDA when available, else CPU")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("generate", help="generate tokens from prompts with a key/value cache")
+    p.add_argument("model", metavar="MODEL", help="a cached decoder .onnx (export --kv-cache), "
+                   "or " + spec_help)
+    p.add_argument("--prompt", action="append", required=True, metavar="IDS",
+                   help="token ids, e.g. '5 17 3' (repeat for a batch; shorter prompts are "
+                   "left-padded)")
+    p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=20)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--eos", type=int, default=None, metavar="ID", help="stop token")
+    p.add_argument("--seed", type=int, default=0, help="seed for init and sampling (0)")
+    p.add_argument("--params", metavar="PARAMS", help="parameters for a FILE.py model")
+    p.add_argument("--target", choices=("reference", *TARGETS), default="ort",
+                   help="for a FILE.py model: export target, or the numpy reference")
+    p.add_argument("--providers", type=_providers, default=None, metavar="EP,...")
+    p.set_defaults(handler=cmd_generate)
     return parser
 
 

@@ -207,17 +207,18 @@ def _loop(backend: Any, ids: np.ndarray, mask: np.ndarray, max_new_tokens: int,
         logits = backend.start(ids, mask)
         done = np.zeros(ids.shape[0], bool)
         for step in range(max_new_tokens):
-            token = np.where(done, pad, _pick(logits, temperature, top_k, top_p, rng))
-            token = token.astype(np.int64)
+            chosen = _pick(logits, temperature, top_k, top_p, rng).astype(np.int64)
+            token = np.where(done, pad, chosen)  # rows that stopped show pad_token_id ...
+            fed = np.where(done, eos or 0, chosen)  # ... but keep feeding a valid id
             if eos is not None:
-                done |= token == eos
+                done |= chosen == eos
             if bar is not None:
                 bar.update(1)
             yield token
             if done.all() or step == max_new_tokens - 1:
                 return
             mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
-            logits = backend.step(token[:, None], mask)
+            logits = backend.step(fed[:, None], mask)
     finally:
         if bar is not None:
             bar.close()

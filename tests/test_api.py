@@ -12,7 +12,7 @@ import attngraph as ag
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
-PUBLIC = ["AttnGraphError", "ConfigError", "ExportError", "FeedError", "GraphError", "Model", "ParamError", "RuntimeFailure", "Session", "ShapeError", "TensorType", "UnsupportedError", "ValidationReport", "Value", "__version__", "AttentionReport", "add", "alibi_bias", "analyze", "plot_attention", "concatenate", "dense", "dropout", "embedding", "export", "feed_forward", "gelu", "gru", "input", "last_timestep", "layer_norm", "load_params", "lstm", "models", "mean_pool", "multi_head_attention", "multiply", "positional_encoding", "relative_position_bias", "relu", "rms_norm", "save_params", "scale", "scaled_dot_product_attention", "sigmoid", "silu", "softmax", "tanh", "tied_projection", "timestep", "transformer_block", "validate"]
+PUBLIC = ["AttnGraphError", "ConfigError", "ExportError", "FeedError", "GraphError", "Model", "ParamError", "RuntimeFailure", "Session", "ShapeError", "TensorType", "UnsupportedError", "ValidationReport", "Value", "__version__", "AttentionReport", "add", "alibi_bias", "analyze", "plot_attention", "concatenate", "dense", "dropout", "embedding", "export", "feed_forward", "gelu", "generate", "generate_stream", "gru", "input", "last_timestep", "layer_norm", "load_params", "lstm", "models", "mean_pool", "multi_head_attention", "multiply", "positional_encoding", "relative_position_bias", "relu", "rms_norm", "save_params", "scale", "scaled_dot_product_attention", "sigmoid", "silu", "softmax", "tanh", "tied_projection", "timestep", "transformer_block", "validate"]
 
 
 def test_public_api_snapshot() -> None:
@@ -41,12 +41,22 @@ def golden_model() -> ag.Model:
     return ag.Model([x, kpm], y)
 
 
+def cached_model() -> ag.Model:
+    ids = ag.input("input_ids", ("batch", "seq"), "int64")
+    h = ag.embedding(ids, 11, 32, name="embed")
+    h = ag.multi_head_attention(h, num_heads=4, num_kv_heads=2, causal=True, window=6,
+                                rope=True, name="attn")
+    return ag.Model(ids, ag.dense(h, 11, name="head"))
+
+
+@pytest.mark.parametrize("kv_cache", [False, True], ids=["plain", "kv_cache"])
 @pytest.mark.parametrize("target", ["ort", "onnx", "decomposed"])
-def test_golden_graph_dumps(target: str) -> None:
+def test_golden_graph_dumps(target: str, kv_cache: bool) -> None:
     """Lowered graphs are reviewed as text; regenerate with AG_UPDATE_GOLDEN=1."""
-    model = golden_model()
-    text = dump(ag.export(model, model.init(), target=target))
-    path = os.path.join(GOLDEN, f"gqa_window_padding.{target}.txt")
+    model = cached_model() if kv_cache else golden_model()
+    text = dump(ag.export(model, model.init(), target=target, kv_cache=kv_cache))
+    stem = "gqa_window_rope_cache" if kv_cache else "gqa_window_padding"
+    path = os.path.join(GOLDEN, f"{stem}.{target}.txt")
     if os.environ.get("AG_UPDATE_GOLDEN"):
         os.makedirs(GOLDEN, exist_ok=True)
         with open(path, "w") as f:

@@ -1,0 +1,211 @@
+"""KV-cache decoding: a prompt and 32 cached steps equal recomputing the whole sequence, on the
+reference interpreter and on every target; left-padded rows compute what they would alone;
+sliding-window caches never outgrow the window."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import attngraph as ag
+from attngraph._decode import cache_layers, empty_past
+from attngraph._registry import TARGETS
+
+ATOL = 1e-4
+VOCAB, WINDOW, PROMPT, STEPS = 53, 5, 6, 32
+
+
+def tiny(kind: str) -> ag.Model:
+    if kind == "gpt":
+        return ag.models.gpt(vocab_size=VOCAB, n_positions=64, n_embd=24, n_layer=2, n_head=3)
+    common: dict[str, Any] = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 40,
+                              "num_hidden_layers": 2, "num_attention_heads": 4,
+                              "num_key_value_heads": 2}
+    if kind == "llama":
+        return ag.models.llama(**common)
+    return ag.models.mistral(**common, sliding_window=WINDOW)
+
+
+KINDS = ("gpt", "llama", "mistral")
+BACKENDS = ("reference", *TARGETS)
+_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def stepper(kind: str, backend: str) -> tuple[ag.Model, dict[str, np.ndarray], Callable]:
+    """(model, params, run(feeds) -> outputs) for one cached decoder, built once per module."""
+    if (kind, backend) not in _CACHE:
+        model = tiny(kind)
+        params = model.init(seed=3)
+        if backend == "reference":
+            def run(feeds: dict[str, Any], m: ag.Model = model) -> dict[str, np.ndarray]:
+                return m.predict(params, feeds, kv_cache=True)
+        else:
+            proto = ag.export(model, params, target=backend, kv_cache=True)
+            run = ag.Session(proto, ["CPUExecutionProvider"]).run
+        _CACHE[(kind, backend)] = (model, params, run)
+    return _CACHE[(kind, backend)]
+
+
+def decode(model: ag.Model, run: Callable, ids: np.ndarray, mask: np.ndarray,
+           prompt: int) -> tuple[np.ndarray, list[int]]:
+    """Feed ids[:, :prompt] as the prompt, then one token per step with the cache; returns
+    logits for every position and the cache length after each step."""
+    layers = cache_layers(model)
+    feeds = {"input_ids": ids[:, :prompt], "attention_mask": mask[:, :prompt],
+             **empty_past(layers, ids.shape[0])}
+    logits, lengths = [], []
+    for t in range(prompt, ids.shape[1] + 1):
+        out = run(feeds)
+        logits.append(out["logits"])
+        lengths.append(out["present.0.key"].shape[2])
+        for i in range(len(layers)):
+            for part in ("key", "value"):
+                feeds[f"past_key_values.{i}.{part}"] = out[f"present.{i}.{part}"]
+        feeds["input_ids"] = ids[:, t:t + 1]
+        feeds["attention_mask"] = mask[:, :t + 1]
+    return np.concatenate(logits, axis=1), lengths
+
+
+def close(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    diff = np.abs(got.astype(np.float64) - expected)
+    assert diff.max() <= ATOL, f"{what}: max abs error {diff.max():.3e} > {ATOL}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cached_steps_equal_recompute(kind: str, backend: str) -> None:
+    model, params, run = stepper(kind, backend)
+    ids = np.random.default_rng(0).integers(0, VOCAB, (2, PROMPT + STEPS))
+    full = model.predict(params, {"input_ids": ids})["logits"]
+    got, lengths = decode(model, run, ids, np.ones_like(ids), PROMPT)
+    assert got.shape == full.shape
+    close(got, full, f"{kind}/{backend} prompt + {STEPS} cached steps vs recompute")
+    expected = [PROMPT + s for s in range(STEPS + 1)]
+    if kind == "mistral":  # the cache never grows past the window
+        expected = [min(n, WINDOW) for n in expected]
+    assert lengths == expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_left_padded_rows_compute_alone(kind: str, backend: str) -> None:
+    model, params, run = stepper(kind, backend)
+    rng = np.random.default_rng(1)
+    lengths = (7, 3, 5)
+    width, total = max(lengths), max(lengths) + 10
+    ids = np.zeros((len(lengths), total), np.int64)
+    mask = np.ones((len(lengths), total), np.int64)
+    rows = [rng.integers(0, VOCAB, n + 10) for n in lengths]
+    for r, (n, row) in enumerate(zip(lengths, rows)):
+        ids[r, width - n:] = row
+        mask[r, :width - n] = 0
+    got, _ = decode(model, run, ids, mask, width)
+    for r, (n, row) in enumerate(zip(lengths, rows)):
+        alone = model.predict(params, {"input_ids": row[None]})["logits"][0]
+        close(got[r, width - n:], alone, f"{kind}/{backend} row {r} (left-padded by {width - n})")
+    # the padding matters: attending the pads would change row 1
+    unmasked, _ = decode(model, stepper(kind, "reference")[2], ids, np.ones_like(mask), width)
+    assert np.abs(unmasked[1, width - 3:] - got[1, width - 3:]).max() > 1e-3
+
+
+def test_window_changes_the_logits() -> None:
+    """The sliding window is a real feature here: without it mistral's late logits differ."""
+    mistral, params, _ = stepper("mistral", "reference")
+    llama = tiny("llama")
+    ids = np.random.default_rng(0).integers(0, VOCAB, (1, PROMPT + STEPS))
+    a = mistral.predict(params, {"input_ids": ids})["logits"]
+    b = llama.predict(params, {"input_ids": ids})["logits"]
+    assert np.abs(a[:, WINDOW:] - b[:, WINDOW:]).max() > 1e-3
+
+
+def test_learned_positions_follow_the_mask() -> None:
+    """gpt's learned positions start at each row's first real token."""
+    model, params, run = stepper("gpt", "reference")
+    ids = np.array([[0, 0, 7, 8, 9]])
+    mask = np.array([[0, 0, 1, 1, 1]])
+    layers = cache_layers(model)
+    out = run({"input_ids": ids, "attention_mask": mask, **empty_past(layers, 1)})
+    alone = model.predict(params, {"input_ids": ids[:, 2:]})["logits"]
+    close(out["logits"][:, 2:], alone, "positions")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_one_fused_node_per_layer(target: str) -> None:
+    model = tiny("llama")
+    proto = ag.export(model, model.init(), target=target, kv_cache=True)
+    ops = [n.op_type for n in proto.graph.node]
+    fused = {"ort": "GroupQueryAttention", "onnx": "Attention"}
+    if target in fused:
+        assert ops.count(fused[target]) == 2 and "Softmax" not in ops
+        node = next(n for n in proto.graph.node if n.op_type == fused[target])
+        assert "past_key_values.0.key" in node.input
+    else:
+        assert ops.count("Softmax") == 2
+    inputs = [i.name for i in proto.graph.input]
+    outputs = [o.name for o in proto.graph.output]
+    assert inputs == ["input_ids", "attention_mask", "past_key_values.0.key",
+                      "past_key_values.0.value", "past_key_values.1.key",
+                      "past_key_values.1.value"]
+    assert outputs == ["logits", "present.0.key", "present.0.value", "present.1.key",
+                       "present.1.value"]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert '"kv_heads":2' in meta["attngraph.kv_cache"]
+
+
+def test_head_dim_off_the_fused_route_still_decodes() -> None:
+    """head_dim 6 does not fit GroupQueryAttention; "ort" falls back to the standard op."""
+    model = ag.models.gpt(vocab_size=VOCAB, n_positions=32, n_embd=12, n_layer=1, n_head=2)
+    params = model.init(seed=2)
+    proto = ag.export(model, params, target="ort", kv_cache=True)
+    assert "Attention" in [n.op_type for n in proto.graph.node]
+    run = ag.Session(proto, ["CPUExecutionProvider"]).run
+    ids = np.random.default_rng(0).integers(0, VOCAB, (2, 9))
+    got, _ = decode(model, run, ids, np.ones_like(ids), 4)
+    close(got, model.predict(params, {"input_ids": ids})["logits"], "head_dim 6")
+
+
+def test_float16_cache() -> None:
+    model, params, _ = stepper("llama", "reference")
+    proto = ag.export(model, params, target="ort", kv_cache=True, dtype="float16")
+    run = ag.Session(proto, ["CPUExecutionProvider"]).run
+    ids = np.random.default_rng(0).integers(0, VOCAB, (2, 9))
+    layers = cache_layers(model)
+    feeds = {"input_ids": ids[:, :5], "attention_mask": np.ones((2, 5), np.int64),
+             **empty_past(layers, 2, np.float16)}
+    out = run(feeds)
+    assert out["present.0.key"].dtype == np.float16
+    full = model.predict(params, {"input_ids": ids[:, :5]})["logits"]
+    assert np.abs(out["logits"].astype(np.float32) - full).max() < 2e-2
+
+
+# -- mistakes -----------------------------------------------------------------------------
+
+
+def test_not_a_decoder_is_refused() -> None:
+    bert = ag.models.bert(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=16)
+    with pytest.raises(ag.UnsupportedError, match="one int input"):
+        ag.export(bert, bert.init(), kv_cache=True)
+    ids = ag.input("input_ids", ("batch", "seq"), "int64")
+    h = ag.embedding(ids, 30, 16)
+    h = ag.multi_head_attention(h, num_heads=2, name="bidirectional")
+    model = ag.Model(ids, ag.dense(h, 30))
+    with pytest.raises(ag.UnsupportedError, match=r"'bidirectional'.*causal=True.*defined at"):
+        ag.export(model, model.init(), kv_cache=True)
+    h2 = ag.lstm(ag.embedding(ids, 30, 16), 16, name="rnn")
+    h2 = ag.multi_head_attention(h2, num_heads=2, causal=True)
+    model2 = ag.Model(ids, ag.dense(h2, 30))
+    with pytest.raises(ag.UnsupportedError, match=r"lstm 'rnn'.*mixes sequence positions"):
+        model2.predict(model2.init(), {}, kv_cache=True)
+
+
+def test_mask_length_is_checked() -> None:
+    model, params, run = stepper("gpt", "reference")
+    layers = cache_layers(model)
+    feeds = {"input_ids": np.zeros((1, 3), np.int64),
+             "attention_mask": np.ones((1, 4), np.int64), **empty_past(layers, 1)}
+    with pytest.raises(ag.FeedError, match=r"attention_mask covers 4 positions.*0 cached and 3"):
+        run(feeds)
