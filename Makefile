@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/attention.py
 	$(PY) bench/reference_memory.py
+	$(PY) bench/decode.py
 
 export: $(STAMP)
 	rm -f exported/*.onnx exported/MANIFEST.json

@@ -169,6 +169,19 @@ def _output(b: Builder, src: str, key: str) -> None:
     b.nodes.append(helper.make_node("Identity", [src], [key], name=f"output/{key}"))
 
 
+def _name_output(b: Builder, src: str, key: str) -> None:
+    """Give the tensor `src` the graph output name `key` by renaming it where it is made and
+    used (an Identity would copy it: for a KV cache, the whole cache every step)."""
+    if not any(src in n.output for n in b.nodes):
+        _output(b, src, key)
+        return
+    for n in b.nodes:
+        for names in (n.input, n.output):
+            for i, name in enumerate(names):
+                if name == src:
+                    names[i] = key
+
+
 def _lower(b: Builder, model: Model, dtype: str) -> tuple[list[Any], list[Any]]:
     names: dict[tuple[int, int], str] = {}
     graph_inputs = []
@@ -202,12 +215,12 @@ def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer],
     names = {(id(ids_value.node), 0): IDS}
     _lower_nodes(b, model, names, ctx)
     (out,) = model.outputs.values()
-    _output(b, names[(id(out.node), out.index)], LOGITS)
+    _name_output(b, names[(id(out.node), out.index)], LOGITS)
     outputs = [_value_info(LOGITS, TensorType(dtype, ("batch", "seq", out.type.shape[-1])),
                            dtype)]
     for i, x in enumerate(layers):
         for src, key in zip(ctx.present[i], present_names(i)):
-            _output(b, src, key)
+            _name_output(b, src, key)
             outputs.append(_value_info(
                 key, TensorType(dtype, ("batch", x.kv_heads, "present_seq", x.head_dim)), dtype))
     return [_value_info(k, t, dtype) for k, t in types.items()], outputs
