@@ -31,9 +31,9 @@ class DecodeForms:
     # lower(builder, node, input_names, ctx) -> output names
     lower: LowerFn
     # check(node) -> None, or why this node cannot decode with a cache
-    check: Callable[[Any], "str | None"] = lambda node: None
+    check: Callable[[Any], str | None] = lambda node: None
     # cache(node) -> (kv_heads, head_dim, window) for ops that keep a key/value cache
-    cache: Callable[[Any], "tuple[int, int, int | None]"] | None = None
+    cache: Callable[[Any], tuple[int, int, int | None]] | None = None
 
 
 @dataclass(frozen=True)

@@ -413,8 +413,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if len(prompts) == 1:
         print()
     else:
-        for row in rows:
-            print(" ".join(map(str, row)))
+        for tokens_of_row in rows:
+            print(" ".join(map(str, tokens_of_row)))
     print(f"{steps} step(s) x {len(prompts)} prompt(s) in {elapsed:.3f} s "
           f"({steps * len(prompts) / max(elapsed, 1e-9):.1f} tok/s)", file=sys.stderr)
     return 0

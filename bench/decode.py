@@ -36,7 +36,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import attngraph as ag  # noqa: E402
+import attngraph as ag
 
 CONFIG = {"vocab_size": 8000, "n_positions": 2112, "n_embd": 512, "n_layer": 4, "n_head": 8}
 CONTEXTS = (128, 512, 2048)

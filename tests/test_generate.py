@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_kv_cache import KINDS, VOCAB, stepper
 
 import attngraph as ag
+from attngraph._registry import TARGETS
 from attngraph.cli import main
 from attngraph.generation import _Cached, _pick
-from attngraph._registry import TARGETS
-
-from test_kv_cache import KINDS, VOCAB, stepper
 
 NEW = 32
 

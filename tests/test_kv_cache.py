@@ -203,7 +203,7 @@ def test_not_a_decoder_is_refused() -> None:
 
 
 def test_mask_length_is_checked() -> None:
-    model, params, run = stepper("gpt", "reference")
+    model, _, run = stepper("gpt", "reference")
     layers = cache_layers(model)
     feeds = {"input_ids": np.zeros((1, 3), np.int64),
              "attention_mask": np.ones((1, 4), np.int64), **empty_past(layers, 1)}

@@ -257,7 +257,7 @@ def _mha_decode_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x
     past_k, past_v = ctx.past[ctx.index[node]]
     k = np.concatenate([past_k, k], axis=2)  # (B, Hkv, P+S, D)
     v = np.concatenate([past_v, v], axis=2)
-    out, _ = attention_reference(
+    out, _weights = attention_reference(
         q, k, v, key_padding_mask=ctx.padding[:, -k.shape[2]:], causal=True,
         window=attrs["window"], scale=attrs["scale"], softcap=attrs["softcap"],
     )
