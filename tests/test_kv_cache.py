@@ -209,3 +209,24 @@ def test_mask_length_is_checked() -> None:
              "attention_mask": np.ones((1, 4), np.int64), **empty_past(layers, 1)}
     with pytest.raises(ag.FeedError, match=r"attention_mask covers 4 positions.*0 cached and 3"):
         run(feeds)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prompt_in_chunks(backend: str) -> None:
+    """Several new tokens after a non-empty cache (chunked prefill); at batch 1, the only batch
+    onnxruntime's CPU GroupQueryAttention takes for this."""
+    model, params, run = stepper("mistral", backend)
+    ids = np.random.default_rng(4).integers(0, VOCAB, (1, 11))
+    layers = cache_layers(model)
+    feeds: dict[str, Any] = dict(empty_past(layers, 1))
+    logits = []
+    for start in range(0, 11, 4):
+        end = min(start + 4, 11)
+        feeds.update(input_ids=ids[:, start:end], attention_mask=np.ones((1, end), np.int64))
+        out = run(feeds)
+        logits.append(out["logits"])
+        assert out["present.0.key"].shape[2] == min(end, WINDOW)
+        feeds.update({k.replace("present", "past_key_values"): v for k, v in out.items()
+                      if k.startswith("present")})
+    close(np.concatenate(logits, 1), model.predict(params, {"input_ids": ids})["logits"],
+          f"mistral/{backend} chunked prompt")
