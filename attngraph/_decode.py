@@ -14,7 +14,9 @@ Semantics: token t of a row sits at position cumsum(attention_mask)[t] - 1, so a
 row computes exactly what it would alone; keys are the cached ones followed by the new ones,
 padding keys are never attended, causal and sliding windows are bottom-right (DESIGN §4).
 present_seq = past_seq + seq, or at most `window` for sliding-window layers (their cache
-never grows past the window); then total_seq may exceed past_seq + seq.
+never grows past the window: past_seq = min(window, total_seq - seq)). Layers with a window
+W name their cache length `past_seq_w{W}` / `present_seq_w{W}`, so windowed and global layers
+can be mixed.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class CacheLayer:
     kv_heads: int
     head_dim: int
     window: int | None
+
+    def seq_dim(self, prefix: str) -> str:
+        """The symbolic name of this layer's cache length ("past_seq" or "present_seq")."""
+        return prefix if self.window is None else f"{prefix}_w{self.window}"
 
 
 @dataclass
@@ -117,8 +123,8 @@ def cache_input_types(model: Model, layers: list[CacheLayer],
              MASK: TensorType("int64", ("batch", "total_seq"))}
     for i, layer in enumerate(layers):
         for name in past_names(i):
-            types[name] = TensorType(dtype, ("batch", layer.kv_heads, "past_seq",
-                                             layer.head_dim))
+            types[name] = TensorType(dtype, ("batch", layer.kv_heads,
+                                             layer.seq_dim("past_seq"), layer.head_dim))
     return types
 
 
@@ -131,18 +137,23 @@ def positions_from_mask(mask: np.ndarray, seq: int) -> np.ndarray:
 
 def check_lengths(layers: list[CacheLayer], arrays: Mapping[str, np.ndarray],
                   where: str) -> None:
-    """total_seq must cover the cached and the new tokens (and equal them without a window)."""
+    """Each cache must hold every earlier position, or the last `window` of them."""
     seq, total = arrays[IDS].shape[1], arrays[MASK].shape[1]
+    if seq == 0:
+        raise FeedError(f"{where}: input_ids holds no token (seq = 0)")
+    if not np.isin(arrays[MASK], (0, 1)).all():
+        raise FeedError(f"{where}: attention_mask must hold 0 (padding) or 1 (token)")
     for i, layer in enumerate(layers):
         past = arrays[past_names(i)[0]].shape[2]
-        if layer.window is not None and past > layer.window:
-            raise FeedError(f"{where}: {past_names(i)[0]!r} holds {past} positions, more than "
-                            f"layer {layer.name!r}'s window of {layer.window}")
-        if (total != past + seq) if layer.window is None else (total < past + seq):
+        earlier = total - seq
+        want = earlier if layer.window is None else min(layer.window, earlier)
+        if past != want:
+            held = ("every earlier position" if layer.window is None
+                    else f"the last min(window={layer.window}, earlier positions)")
             raise FeedError(
-                f"{where}: attention_mask covers {total} positions, but layer {layer.name!r} "
-                f"has {past} cached and {seq} new ones; the mask spans every position so far "
-                f"(past_seq + seq = {past + seq})"
+                f"{where}: attention_mask covers {total} positions and input_ids {seq} new ones, "
+                f"so layer {layer.name!r}'s cache {past_names(i)[0]!r} must hold {held} = "
+                f"{want}, given {past}"
             )
 
 

@@ -26,7 +26,7 @@ from ._decode import (
     past_names,
     present_names,
 )
-from ._errors import ConfigError, FeedError, caller_location
+from ._errors import ConfigError, FeedError, UnsupportedError, caller_location
 from ._model import Model
 from ._params import check_params
 
@@ -40,6 +40,7 @@ class _Reference:
         self.model, self.params = model, check_params(model.param_specs, params)
         self.layers = cache_layers(model, "generate")
         self.past: dict[str, np.ndarray] = {}
+        self.layer_config = model.config()["layers"]
 
     def start(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         self.past = empty_past(self.layers, ids.shape[0])
@@ -60,6 +61,7 @@ class _Cached:
         self.session = session
         self.past_inputs = [n for n in session.inputs if n.startswith("past_key_values.")]
         self.past: dict[str, Any] = {}
+        self.layer_config = _recorded_layers(session)
 
     def start(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         host = {}
@@ -85,11 +87,20 @@ class _Recompute:
 
     def __init__(self, session: Any) -> None:
         ints = [n for n, t in session.inputs.items() if t.dtype in ("int64", "int32")]
-        if len(session.inputs) != 1 or not ints:
+        outs = list(session.outputs.values())
+        if len(session.inputs) != 1 or not ints or len(outs) != 1 or outs[0].rank != 3:
             raise ConfigError(
-                f"generate: the session takes {list(session.inputs)}; expected a cached decoder "
-                "(export(..., kv_cache=True)) or a model with one input of token ids"
+                f"generate: the session takes {list(session.inputs)} and gives "
+                f"{list(session.outputs)}; expected a cached decoder (export(..., "
+                "kv_cache=True)) or a model from token ids to logits [batch, seq, vocab]"
             )
+        self.layer_config = _recorded_layers(session)
+        looking_ahead = [x["name"] for x in self.layer_config
+                         if x["op"] in ("multi_head_attention", "attention")
+                         and not x.get("causal") and not isinstance(x.get("window"), int)]
+        if looking_ahead:
+            raise UnsupportedError(f"generate: attention layer(s) {looking_ahead} of this model "
+                                   "are not causal, so it cannot generate token by token")
         self.session, self.name = session, ints[0]
         self.ids = np.zeros((0, 0), np.int64)
 
@@ -105,6 +116,29 @@ class _Recompute:
         self.ids = np.concatenate([self.ids, ids], axis=1)
         logits = self.session.run({self.name: self.ids})
         return next(iter(logits.values()))[:, -1].astype(np.float32)  # (B, V)
+
+
+def _recorded_layers(session: Any) -> list[dict[str, Any]]:
+    """The layer list attngraph recorded in an exported file's metadata ([] for other files)."""
+    import json
+
+    try:
+        return list(json.loads(session.metadata.get("attngraph.config", "{}")).get("layers", []))
+    except (ValueError, AttributeError):
+        return []
+
+
+def _check_positions(layers: list[dict[str, Any]], mask: np.ndarray, new: int) -> None:
+    """Learned position tables must cover the last position generation will feed."""
+    last = int(mask.sum(axis=1).max()) + new - 2  # the last generated token is not fed
+    for layer in layers:
+        if layer["op"] == "positional_encoding" and layer.get("kind") == "learned" and \
+                last >= layer["max_len"]:
+            raise ConfigError(
+                f"generate: the longest prompt ({int(mask.sum(axis=1).max())} tokens) plus "
+                f"max_new_tokens={new} needs position {last}, but {layer['name']!r} has learned "
+                f"positions 0..{layer['max_len'] - 1} (max_len={layer['max_len']})"
+            )
 
 
 def _backend(target: Any, params: Mapping[str, np.ndarray] | None) -> Any:
@@ -125,15 +159,22 @@ def _backend(target: Any, params: Mapping[str, np.ndarray] | None) -> Any:
 
 
 def _prompt(prompt_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.asarray(prompt_ids)
+    try:
+        ids = np.asarray(prompt_ids)
+        mask = None if attention_mask is None else np.asarray(attention_mask)
+    except (ValueError, TypeError):
+        raise FeedError("generate: prompt_ids and attention_mask must be rectangular arrays "
+                        "(pad shorter prompts on the left and pass attention_mask)") from None
     if ids.ndim == 1:
         ids = ids[None]
-    if ids.dtype.kind not in "iu" or ids.ndim != 2 or ids.shape[1] == 0:
-        raise FeedError(f"generate: prompt_ids must be int [batch, seq] with seq >= 1, given "
-                        f"{ids.dtype}{list(ids.shape)}")
-    if attention_mask is None:
+        mask = mask[None] if mask is not None and mask.ndim == 1 else mask
+    if ids.dtype.kind not in "iu" or ids.ndim != 2 or 0 in ids.shape:
+        raise FeedError(f"generate: prompt_ids must be int [batch, seq] with batch, seq >= 1, "
+                        f"given {ids.dtype}{list(ids.shape)}")
+    if (ids < 0).any():
+        raise FeedError(f"generate: prompt_ids must be token ids >= 0, given {ids.min()}")
+    if mask is None:
         return ids.astype(np.int64), np.ones(ids.shape, np.int64)
-    mask = np.asarray(attention_mask)
     if mask.shape != ids.shape or not np.isin(mask, (0, 1)).all():
         raise FeedError(f"generate: attention_mask must be 0/1 of the prompt's shape "
                         f"{list(ids.shape)}, given {mask.dtype}{list(mask.shape)}")
@@ -151,7 +192,8 @@ def _pick(logits: np.ndarray, temperature: float, top_k: int | None, top_p: floa
     """(B, V) logits -> (B,) token ids."""
     if temperature == 0.0:
         return logits.argmax(axis=-1)
-    z = logits.astype(np.float64) / temperature
+    z = logits.astype(np.float64)
+    z = (z - z.max(axis=-1, keepdims=True)) / temperature  # <= 0: no overflow for tiny T
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k, None]
         z = np.where(z < kth, -np.inf, z)
@@ -179,21 +221,30 @@ def generate_stream(
     """`ag.generate` as an iterator: yields each step's new tokens (B,) int64 as they come.
     Arguments as in `generate`."""
     c = Checker("generate", None, caller_location())
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or \
-            max_new_tokens < 0:
-        c.fail(f"max_new_tokens must be an int >= 0, given {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        c.fail(f"temperature must be a number >= 0 (0 = greedy), given {temperature!r}")
-    if top_k is not None:
-        c.pos_int(top_k, "top_k")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    new = _int(c, max_new_tokens, "max_new_tokens", minimum=0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+            or not np.isfinite(temperature) or temperature < 0:
+        c.fail(f"temperature must be a finite number >= 0 (0 = greedy), given {temperature!r}")
+    k = None if top_k is None else _int(c, top_k, "top_k", minimum=1)
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(
+            top_p, (int, float, np.floating)) or not 0 < top_p <= 1):
         c.fail(f"top_p must lie in (0, 1], given {top_p!r}")
+    eos = None if eos_token_id is None else _int(c, eos_token_id, "eos_token_id", minimum=0)
+    pad = None if pad_token_id is None else _int(c, pad_token_id, "pad_token_id", minimum=0)
+    if seed is not None:
+        _int(c, seed, "seed", minimum=0)
     ids, mask = _prompt(prompt_ids, attention_mask)
     backend = _backend(session_or_model, params)
-    return _loop(backend, ids, mask, max_new_tokens, float(temperature), top_k, top_p,
-                 np.random.default_rng(seed), eos_token_id,
-                 pad_token_id if pad_token_id is not None else (eos_token_id or 0),
+    _check_positions(backend.layer_config, mask, new)
+    return _loop(backend, ids, mask, new, float(temperature), k, top_p,
+                 np.random.default_rng(seed), eos, pad if pad is not None else (eos or 0),
                  progress)
+
+
+def _int(c: Checker, value: Any, what: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        c.fail(f"{what} must be an int >= {minimum}, given {value!r}")
+    return int(value)
 
 
 def _loop(backend: Any, ids: np.ndarray, mask: np.ndarray, max_new_tokens: int,

@@ -61,6 +61,9 @@ class Session:
             i.name: _tensor_type(i) for i in self._session.get_inputs()
         }
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self.outputs: dict[str, TensorType] = {
+            o.name: _tensor_type(o) for o in self._session.get_outputs()
+        }
 
     @staticmethod
     def _load_bytes(model_or_path: Any, params: Any, target: str, dtype: str) -> bytes | str:

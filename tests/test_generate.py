@@ -137,10 +137,44 @@ def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
     ({"top_p": 1.5}, ag.ConfigError, r"top_p must lie in \(0, 1\]"),
     ({"attention_mask": [[1, 1, 0]]}, ag.FeedError, "not left-padded"),
     ({"attention_mask": [[1, 1]]}, ag.FeedError, "prompt's shape"),
+    ({"temperature": float("nan")}, ag.ConfigError, "finite number"),
+    ({"pad_token_id": "x"}, ag.ConfigError, "pad_token_id must be an int"),
+    ({"eos_token_id": 3.0}, ag.ConfigError, "eos_token_id must be an int"),
+    ({"seed": -1}, ag.ConfigError, "seed must be an int >= 0"),
+    ({"max_new_tokens": 63}, ag.ConfigError, r"needs position 64.*max_len=64"),
 ])
 def test_bad_options(kwargs: dict, error: type, pattern: str) -> None:
+    args = {"max_new_tokens": 4, **kwargs}
     with pytest.raises(error, match=pattern):
-        ag.generate(session("gpt", "ort"), [[1, 2, 3]], 4, **kwargs)
+        ag.generate(session("gpt", "ort"), [[1, 2, 3]], **args)
+
+
+@pytest.mark.parametrize("prompt, pattern", [
+    (np.zeros((0, 3), np.int64), "batch, seq >= 1"),
+    ([[1, 2, 3], [4]], "rectangular"),
+    ([[-2, 1]], "token ids >= 0"),
+])
+def test_bad_prompts(prompt: object, pattern: str) -> None:
+    with pytest.raises(ag.FeedError, match=pattern):
+        ag.generate(session("gpt", "ort"), prompt, 2)
+
+
+def test_one_dimensional_prompt_and_mask() -> None:
+    sess = session("gpt", "ort")
+    np.testing.assert_array_equal(ag.generate(sess, [0, 1, 2], 3, attention_mask=[0, 1, 1]),
+                                  ag.generate(sess, [[0, 1, 2]], 3, attention_mask=[[0, 1, 1]]))
+
+
+def test_models_that_cannot_generate_are_refused() -> None:
+    ids = ag.input("input_ids", ("batch", "seq"), "int64")
+    h = ag.multi_head_attention(ag.embedding(ids, 30, 16), num_heads=2, name="both_ways")
+    lm = ag.Model(ids, {"logits": ag.dense(h, 30)})
+    plain = ag.Session(ag.export(lm, lm.init()), ["CPUExecutionProvider"])
+    with pytest.raises(ag.UnsupportedError, match="both_ways"):
+        ag.generate(plain, [[1, 2]], 2)
+    classifier = ag.Model(ids, {"cls": ag.dense(ag.mean_pool(h), 5)})
+    with pytest.raises(ag.ConfigError, match=r"logits \[batch, seq, vocab\]"):
+        ag.generate(ag.Session(ag.export(classifier, classifier.init())), [[1, 2]], 2)
 
 
 def test_model_needs_params() -> None:

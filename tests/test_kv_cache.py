@@ -29,6 +29,23 @@ def tiny(kind: str) -> ag.Model:
     return ag.models.mistral(**common, sliding_window=WINDOW)
 
 
+def mixed() -> ag.Model:
+    """Features the presets do not cover: sinusoidal positions, an int window without
+    causal=True next to a global layer (two cache lengths), qk_layernorm, softcap, partial and
+    interleaved RoPE, MQA."""
+    ids = ag.input("input_ids", ("batch", "seq"), "int64")
+    h = ag.positional_encoding(ag.embedding(ids, VOCAB, 32, name="emb"), "sinusoidal")
+    h = ag.add(h, ag.multi_head_attention(h, num_heads=4, window=WINDOW - 1, qk_layernorm=True,
+                                          softcap=5.0, rope=True, rotary_dim=4, name="local"))
+    h = ag.add(h, ag.multi_head_attention(h, num_heads=4, num_kv_heads=1, causal=True,
+                                          rope=True, rope_interleaved=True, name="global"))
+    return ag.Model(ids, {"logits": ag.dense(ag.layer_norm(h), VOCAB, name="head")})
+
+
+def tiny_model(kind: str) -> ag.Model:
+    return mixed() if kind == "mixed" else tiny(kind)
+
+
 KINDS = ("gpt", "llama", "mistral")
 BACKENDS = ("reference", *TARGETS)
 _CACHE: dict[tuple[str, str], Any] = {}
@@ -37,7 +54,7 @@ _CACHE: dict[tuple[str, str], Any] = {}
 def stepper(kind: str, backend: str) -> tuple[ag.Model, dict[str, np.ndarray], Callable]:
     """(model, params, run(feeds) -> outputs) for one cached decoder, built once per module."""
     if (kind, backend) not in _CACHE:
-        model = tiny(kind)
+        model = tiny_model(kind)
         params = model.init(seed=3)
         if backend == "reference":
             def run(feeds: dict[str, Any], m: ag.Model = model) -> dict[str, np.ndarray]:
@@ -61,6 +78,8 @@ def decode(model: ag.Model, run: Callable, ids: np.ndarray, mask: np.ndarray,
         out = run(feeds)
         logits.append(out["logits"])
         lengths.append(out["present.0.key"].shape[2])
+        assert all(out[f"present.{i}.key"].shape[2] == min(x.window or t, t)
+                   for i, x in enumerate(layers))
         for i in range(len(layers)):
             for part in ("key", "value"):
                 feeds[f"past_key_values.{i}.{part}"] = out[f"present.{i}.{part}"]
@@ -75,7 +94,7 @@ def close(got: np.ndarray, expected: np.ndarray, what: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", (*KINDS, "mixed"))
 def test_cached_steps_equal_recompute(kind: str, backend: str) -> None:
     model, params, run = stepper(kind, backend)
     ids = np.random.default_rng(0).integers(0, VOCAB, (2, PROMPT + STEPS))
@@ -84,13 +103,13 @@ def test_cached_steps_equal_recompute(kind: str, backend: str) -> None:
     assert got.shape == full.shape
     close(got, full, f"{kind}/{backend} prompt + {STEPS} cached steps vs recompute")
     expected = [PROMPT + s for s in range(STEPS + 1)]
-    if kind == "mistral":  # the cache never grows past the window
-        expected = [min(n, WINDOW) for n in expected]
+    if kind in ("mistral", "mixed"):  # the cache never grows past the window
+        expected = [min(n, WINDOW if kind == "mistral" else WINDOW - 1) for n in expected]
     assert lengths == expected
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", (*KINDS, "mixed"))
 def test_left_padded_rows_compute_alone(kind: str, backend: str) -> None:
     model, params, run = stepper(kind, backend)
     rng = np.random.default_rng(1)
@@ -168,17 +187,17 @@ def test_head_dim_off_the_fused_route_still_decodes() -> None:
 
 
 def test_float16_cache() -> None:
-    model, params, _ = stepper("llama", "reference")
+    model, params, _ = stepper("mistral", "reference")
     proto = ag.export(model, params, target="ort", kv_cache=True, dtype="float16")
     run = ag.Session(proto, ["CPUExecutionProvider"]).run
-    ids = np.random.default_rng(0).integers(0, VOCAB, (2, 9))
-    layers = cache_layers(model)
-    feeds = {"input_ids": ids[:, :5], "attention_mask": np.ones((2, 5), np.int64),
-             **empty_past(layers, 2, np.float16)}
-    out = run(feeds)
-    assert out["present.0.key"].dtype == np.float16
-    full = model.predict(params, {"input_ids": ids[:, :5]})["logits"]
-    assert np.abs(out["logits"].astype(np.float32) - full).max() < 2e-2
+    ids = np.random.default_rng(0).integers(0, VOCAB, (2, 14))
+    got, lengths = decode(model, run, ids, np.ones_like(ids), 5)
+    assert lengths[-1] == WINDOW
+    assert run({"input_ids": ids[:, :2], "attention_mask": np.ones((2, 2), np.int64),
+                **empty_past(cache_layers(model), 2, np.float16)})["present.1.value"].dtype \
+        == np.float16
+    full = model.predict(params, {"input_ids": ids})["logits"]
+    assert np.abs(got.astype(np.float32) - full).max() < 2e-2
 
 
 # -- mistakes -----------------------------------------------------------------------------
@@ -207,8 +226,17 @@ def test_mask_length_is_checked() -> None:
     layers = cache_layers(model)
     feeds = {"input_ids": np.zeros((1, 3), np.int64),
              "attention_mask": np.ones((1, 4), np.int64), **empty_past(layers, 1)}
-    with pytest.raises(ag.FeedError, match=r"attention_mask covers 4 positions.*0 cached and 3"):
+    with pytest.raises(ag.FeedError, match=r"covers 4 positions.*must hold every earlier "
+                                           r"position = 1, given 0"):
         run(feeds)
+    feeds["attention_mask"] = np.full((1, 3), 2)
+    with pytest.raises(ag.FeedError, match="0 \\(padding\\) or 1"):
+        run(feeds)
+    window, _, run_w = stepper("mistral", "reference")
+    feeds = {"input_ids": np.zeros((1, 1), np.int64),
+             "attention_mask": np.ones((1, 9), np.int64), **empty_past(cache_layers(window), 1)}
+    with pytest.raises(ag.FeedError, match=r"min\(window=5, earlier positions\) = 5, given 0"):
+        run_w(feeds)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -102,6 +102,8 @@ def export(
             raise ExportError(f"export: directory {directory!r} does not exist (path {path!r})")
         if not os.access(directory, os.W_OK):
             raise ExportError(f"export: directory {directory!r} is not writable (path {path!r})")
+    if not isinstance(kv_cache, bool):
+        raise ExportError(f"export: kv_cache must be True or False, given {kv_cache!r}")
     layers = cache_layers(model, "export(kv_cache=True)") if kv_cache else None
     checked = check_params(model.param_specs, params)
 
@@ -222,7 +224,8 @@ def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer],
         for src, key in zip(ctx.present[i], present_names(i)):
             _name_output(b, src, key)
             outputs.append(_value_info(
-                key, TensorType(dtype, ("batch", x.kv_heads, "present_seq", x.head_dim)), dtype))
+                key, TensorType(dtype, ("batch", x.kv_heads, x.seq_dim("present_seq"),
+                                        x.head_dim)), dtype))
     return [_value_info(k, t, dtype) for k, t in types.items()], outputs
 
 

@@ -237,8 +237,9 @@ def _mha_decode_check(node: Any) -> str | None:
     if node.inputs[2] is not None or node.inputs[3] is not None:
         return ("a key_padding_mask or mask input cannot follow cached decoding; the cached "
                 "model takes attention_mask [batch, total_seq] instead")
-    if not attrs["causal"]:
-        return "attention must be causal (causal=True) to decode with a cache"
+    if not attrs["causal"] and not isinstance(attrs["window"], int):
+        return ("attention must be causal (causal=True, or an int window) to decode with a "
+                "cache")
     if attrs["window"] is not None and not isinstance(attrs["window"], int):
         return (f"a (left, right) window {attrs['window']} cannot be cached; use an int "
                 "window (the last K positions)")
