@@ -73,6 +73,12 @@ class Decode:
     present: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
 
+def looks_ahead(attrs: Mapping[str, Any]) -> bool:
+    """Whether an attention layer's queries see later positions (neither causal=True nor an
+    int window, which DESIGN §4 makes causal): such a layer cannot decode token by token."""
+    return not attrs.get("causal") and not isinstance(attrs.get("window"), int)
+
+
 def cache_layers(model: Model, where: str = "kv_cache") -> list[CacheLayer]:
     """The attention layers of a decoder model, in order; raises UnsupportedError naming the
     first layer that cannot run with a cache (or a model of the wrong form)."""
@@ -161,14 +167,21 @@ def evaluate_cached(model: Model, params: Mapping[str, Any], feeds: Mapping[str,
                     check_finite: bool = False) -> dict[str, np.ndarray]:
     """One cached step in numpy: the reference of `export(..., kv_cache=True)`."""
     from ._feeds import check_feeds
-    from ._interpreter import run_nodes
     from ._params import check_params
 
     layers = cache_layers(model, "predict(kv_cache=True)")
     arrays = check_feeds(cache_input_types(model, layers), feeds, check_finite=check_finite,
                          where="predict(kv_cache=True)")
     check_lengths(layers, arrays, "predict(kv_cache=True)")
-    checked = check_params(model.param_specs, params)
+    return run_cached(model, check_params(model.param_specs, params), layers, arrays)
+
+
+def run_cached(model: Model, params: Mapping[str, np.ndarray], layers: list[CacheLayer],
+               arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One cached step on checked params and feeds (loops that build their own feeds call
+    this directly)."""
+    from ._interpreter import run_nodes
+
     ids, mask = arrays[IDS], arrays[MASK]
     ctx = Decode(
         index={layer.node: i for i, layer in enumerate(layers)},
@@ -177,12 +190,11 @@ def evaluate_cached(model: Model, params: Mapping[str, Any], feeds: Mapping[str,
         past=[(arrays[k], arrays[v]) for k, v in map(past_names, range(len(layers)))],
     )
     (key,) = model.inputs
-    env = run_nodes(model, checked, {key: ids}, decode=ctx)
+    env = run_nodes(model, params, {key: ids}, decode=ctx)
     (out,) = model.outputs.values()
     result = {LOGITS: env[(out.node, out.index)]}
     for i in range(len(layers)):
-        k, v = ctx.present[i]
-        result.update(zip(present_names(i), (k, v)))
+        result.update(zip(present_names(i), ctx.present[i]))
     return result
 
 

@@ -22,9 +22,10 @@ from ._decode import (
     MASK,
     cache_layers,
     empty_past,
-    evaluate_cached,
+    looks_ahead,
     past_names,
     present_names,
+    run_cached,
 )
 from ._errors import ConfigError, FeedError, UnsupportedError, caller_location
 from ._model import Model
@@ -47,7 +48,7 @@ class _Reference:
         return self.step(ids, mask)
 
     def step(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = evaluate_cached(self.model, self.params, {IDS: ids, MASK: mask, **self.past})
+        out = run_cached(self.model, self.params, self.layers, {IDS: ids, MASK: mask, **self.past})
         self.past = {past: out[present] for i in range(len(self.layers))
                      for past, present in zip(past_names(i), present_names(i))}
         return out[LOGITS][:, -1]  # (B, V)
@@ -96,8 +97,7 @@ class _Recompute:
             )
         self.layer_config = _recorded_layers(session)
         looking_ahead = [x["name"] for x in self.layer_config
-                         if x["op"] in ("multi_head_attention", "attention")
-                         and not x.get("causal") and not isinstance(x.get("window"), int)]
+                         if x["op"] in ("multi_head_attention", "attention") and looks_ahead(x)]
         if looking_ahead:
             raise UnsupportedError(f"generate: attention layer(s) {looking_ahead} of this model "
                                    "are not causal, so it cannot generate token by token")
@@ -220,6 +220,17 @@ def generate_stream(
 ) -> Iterator[np.ndarray]:
     """`ag.generate` as an iterator: yields each step's new tokens (B,) int64 as they come.
     Arguments as in `generate`."""
+    return _start(session_or_model, prompt_ids, max_new_tokens, params, temperature, top_k,
+                  top_p, seed, eos_token_id, attention_mask, pad_token_id, progress)[1]
+
+
+def _start(session_or_model: Any, prompt_ids: Any, max_new_tokens: int,
+           params: Mapping[str, np.ndarray] | None, temperature: float, top_k: int | None,
+           top_p: float | None, seed: int | None, eos_token_id: int | None,
+           attention_mask: Any, pad_token_id: int | None,
+           progress: bool | None) -> tuple[np.ndarray, Iterator[np.ndarray]]:
+    """Check every argument now (not at the first next()); return the checked prompt ids and
+    the token iterator."""
     c = Checker("generate", None, caller_location())
     new = _int(c, max_new_tokens, "max_new_tokens", minimum=0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
@@ -236,9 +247,9 @@ def generate_stream(
     ids, mask = _prompt(prompt_ids, attention_mask)
     backend = _backend(session_or_model, params)
     _check_positions(backend.layer_config, mask, new)
-    return _loop(backend, ids, mask, new, float(temperature), k, top_p,
-                 np.random.default_rng(seed), eos, pad if pad is not None else (eos or 0),
-                 progress)
+    return ids, _loop(backend, ids, mask, new, float(temperature), k, top_p,
+                      np.random.default_rng(seed), eos, pad if pad is not None else (eos or 0),
+                      progress)
 
 
 def _int(c: Checker, value: Any, what: str, *, minimum: int) -> int:
@@ -318,11 +329,10 @@ def generate(
         ConfigError, FeedError: bad options or prompt; UnsupportedError: the model is not a
         causal decoder.
     """
-    ids, _ = _prompt(prompt_ids, attention_mask)
-    steps = list(generate_stream(
-        session_or_model, prompt_ids, max_new_tokens, params=params, temperature=temperature,
-        top_k=top_k, top_p=top_p, seed=seed, eos_token_id=eos_token_id,
-        attention_mask=attention_mask, pad_token_id=pad_token_id, progress=progress))
+    ids, stream = _start(session_or_model, prompt_ids, max_new_tokens, params, temperature,
+                         top_k, top_p, seed, eos_token_id, attention_mask, pad_token_id,
+                         progress)
+    steps = list(stream)
     new = np.stack(steps, axis=1) if steps else np.zeros((ids.shape[0], 0), np.int64)
     return np.concatenate([ids, new], axis=1)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._decode import looks_ahead
 from .._registry import DecodeForms, register
 from .._types import INT_DTYPES, TensorType, same_dim
 from ._attention_cache import cached_attention, trim_to_window
@@ -196,13 +197,8 @@ def _project_graph(b: Any, node: Any, x: str, src: str,
                    hq, hkv, d, d)
     a = replace(a, cross=not same, rope=attrs["rope"])
 
-    def proj(t: str, name: str) -> str:
-        y = b.op1("MatMul", [t, b.param(f"{name}.kernel")], tag=f"{name}/MatMul")
-        if attrs["use_bias"]:
-            y = b.op1("Add", [y, b.param(f"{name}.bias")], tag=f"{name}/Add")
-        return y
-
-    q, k, v = proj(x, "query"), proj(src, "key"), proj(src, "value")  # (B, S, H*D)
+    q, k, v = (_dense_graph(b, node, t, name)
+               for t, name in ((x, "query"), (src, "key"), (src, "value")))  # (B, S, H*D)
     if attrs["qk_layernorm"]:
         q = _head_norm_graph(b, q, hq, d, "q_norm")
         k = _head_norm_graph(b, k, hkv, d, "k_norm")
@@ -213,10 +209,11 @@ def _project_graph(b: Any, node: Any, x: str, src: str,
     return q, k, v, a
 
 
-def _output_graph(b: Any, node: Any, out: str) -> str:
-    y = b.op1("MatMul", [out, b.param("output.kernel")], tag="output/MatMul")
+def _dense_graph(b: Any, node: Any, t: str, name: str) -> str:
+    """One of the layer's dense sub-layers (query, key, value, output) applied to t."""
+    y = b.op1("MatMul", [t, b.param(f"{name}.kernel")], tag=f"{name}/MatMul")
     if node.attrs["use_bias"]:
-        y = b.op1("Add", [y, b.param("output.bias")], tag="output/Add")
+        y = b.op1("Add", [y, b.param(f"{name}.bias")], tag=f"{name}/Add")
     return y
 
 
@@ -224,7 +221,7 @@ def _mha_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     x, ctx, kpm, mask = ins
     q, k, v, a = _project_graph(b, node, x, ctx or x)
     outs = _core(b, a, q, k, v, mask, kpm, "3d")
-    return [_output_graph(b, node, outs[0]), *outs[1:]]
+    return [_dense_graph(b, node, outs[0], "output"), *outs[1:]]
 
 
 # -- multi-head attention with a key/value cache (see `_decode.py`) ---------------------------
@@ -237,7 +234,7 @@ def _mha_decode_check(node: Any) -> str | None:
     if node.inputs[2] is not None or node.inputs[3] is not None:
         return ("a key_padding_mask or mask input cannot follow cached decoding; the cached "
                 "model takes attention_mask [batch, total_seq] instead")
-    if not attrs["causal"] and not isinstance(attrs["window"], int):
+    if looks_ahead(attrs):
         return ("attention must be causal (causal=True, or an int window) to decode with a "
                 "cache")
     if attrs["window"] is not None and not isinstance(attrs["window"], int):
@@ -276,7 +273,7 @@ def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
     window = node.attrs["window"]
     ctx.present[ctx.index[node]] = (trim_to_window(b, present_k, window),
                                     trim_to_window(b, present_v, window))
-    return [_output_graph(b, node, out)]
+    return [_dense_graph(b, node, out, "output")]
 
 
 register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
