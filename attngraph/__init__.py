@@ -59,6 +59,7 @@ from .layers import (
 from .position import alibi_bias, relative_position_bias
 from .recurrent import gru, lstm
 from .runtime import RuntimeFailure, Session
+from ._stream import Stream
 
 __all__ = [
     "AttentionReport",
@@ -72,6 +73,7 @@ __all__ = [
     "RuntimeFailure",
     "Session",
     "ShapeError",
+    "Stream",
     "TensorType",
     "UnsupportedError",
     "ValidationReport",
