@@ -26,6 +26,7 @@ from ._export import export
 from ._graph import Value
 from ._model import Model
 from ._params import load_params, save_params
+from ._stream import Stream
 from ._types import TensorType
 from ._validate import ValidationReport, validate
 from .analysis import AttentionReport, analyze, plot_attention
@@ -59,7 +60,6 @@ from .layers import (
 from .position import alibi_bias, relative_position_bias
 from .recurrent import gru, lstm
 from .runtime import RuntimeFailure, Session
-from ._stream import Stream
 
 __all__ = [
     "AttentionReport",

@@ -221,7 +221,8 @@ def run_step(plan: Plan, params: Mapping[str, np.ndarray], chunk: Mapping[str, n
             outs = op.stream.reference(node.attrs, local, ctx, node, *args)
         else:
             if node in plan.last_only:
-                args = [a[:, -1:] if cut else a for a, cut in zip(args, plan.slice_inputs(node))]
+                args = [a[:, -1:] if cut and a is not None else a
+                        for a, cut in zip(args, plan.slice_inputs(node))]
             outs = op.reference(node.attrs, local, *args)
         if not isinstance(outs, tuple):
             outs = (outs,)

@@ -18,10 +18,16 @@ from .._types import INT_DTYPES, TensorType, same_dim
 from ._attention_cache import cached_attention, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention, to_heads
-from ._attention_stream import keep_last, last_query_attention, lookback, slice_last, \
-    stream_attention, stream_last_query
-from ._attention_stream import looks_ahead as looks_ahead_stream
 from ._attention_math import attention_reference, merge_heads, split_heads
+from ._attention_stream import (
+    keep_last,
+    last_query_attention,
+    lookback,
+    slice_last,
+    stream_attention,
+    stream_last_query,
+)
+from ._attention_stream import looks_ahead as looks_ahead_stream
 from ._rope import rope_graph, rope_reference
 from ._shapes import Fail, need_float
 

@@ -54,8 +54,8 @@ def _pos_infer(types: list[Any], attrs: Any, fail: Fail) -> list[Any]:
 def sinusoidal_table(seq: int | np.ndarray, dim: int) -> np.ndarray:
     """PE[pos, 2i] = sin(pos / 10000^(2i/dim)), PE[pos, 2i+1] = cos(pos / 10000^(2i/dim)), for
     pos = 0 .. seq-1 (or the positions in an array)."""
-    pos = np.arange(seq) if np.ndim(seq) == 0 else np.asarray(seq)
-    pos = pos.astype(np.float64)[:, None]  # (S, 1)
+    pos = (np.arange(seq) if isinstance(seq, int) else np.asarray(seq)).astype(np.float64)
+    pos = pos[:, None]  # (S, 1)
     inv_freq = 1.0 / 10000.0 ** (np.arange(0, dim, 2, dtype=np.float64) / dim)  # (ceil(dim/2),)
     angles = pos * inv_freq[None, :]  # (S, ceil(dim/2))
     table = np.empty((pos.shape[0], dim), np.float64)
