@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from .._checks import Checker
@@ -221,54 +222,48 @@ def gemma2(vocab_size: int = 256000, hidden_size: int = 2304, intermediate_size:
     final_logit_softcapping. Gemma's RMSNorm multiplies by (1 + w): `from_pretrained` and
     `load_hf_weights` store 1 + w as the norm's `scale`.
     input_ids [batch, seq] -> logits [batch, seq, vocab_size]."""
-    return _gemma2(vocab_size, hidden_size, intermediate_size, num_hidden_layers,
-                   num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, rope_theta,
-                   attention_bias, query_pre_attn_scalar, sliding_window, layer_types,
-                   final_logit_softcapping, attn_logit_softcapping, rope_scaling)
+    return _gemma2(dict(locals()))
 
 
-def _gemma2(vocab_size: int, hidden_size: int, intermediate_size: int, num_hidden_layers: int,
-            num_attention_heads: int, num_key_value_heads: int, head_dim: int,
-            rms_norm_eps: float, rope_theta: float, attention_bias: bool,
-            query_pre_attn_scalar: float, sliding_window: int | None,
-            layer_types: list[str] | None, final_logit_softcapping: float | None,
-            attn_logit_softcapping: float | None, rope_scaling: dict[str, Any] | None,
-            embed_scale: float | None = None, post_norms: bool = True) -> Model:
+def _gemma2(o: dict[str, Any], embed_scale: float | None = None, post_norms: bool = True
+            ) -> Model:
     # embed_scale / post_norms exist so that tests can show the goldens catch a rounded scale
     # or missing post-norms; the public preset never changes them.
-    c = _check("gemma2", vocab_size=vocab_size, hidden_size=hidden_size,
-               num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-               head_dim=head_dim)
-    c.number(query_pre_attn_scalar, "query_pre_attn_scalar", positive=True)
-    windows = layer_windows("gemma2", num_hidden_layers, sliding_window, layer_types,
+    g = SimpleNamespace(**o)
+    c = _check("gemma2", vocab_size=g.vocab_size, hidden_size=g.hidden_size,
+               num_hidden_layers=g.num_hidden_layers,
+               num_attention_heads=g.num_attention_heads, head_dim=g.head_dim)
+    c.number(g.query_pre_attn_scalar, "query_pre_attn_scalar", positive=True)
+    windows = layer_windows("gemma2", g.num_hidden_layers, g.sliding_window, g.layer_types,
                             lambda i: i % 2 == 0)
     ids = input("input_ids", ("batch", "seq"), "int64")
-    emb = embedding(ids, vocab_size, hidden_size, name="embed_tokens")
-    h = scale(emb, math.sqrt(hidden_size) if embed_scale is None else embed_scale,
+    emb = embedding(ids, g.vocab_size, g.hidden_size, name="embed_tokens")
+    h = scale(emb, math.sqrt(g.hidden_size) if embed_scale is None else embed_scale,
               name="embed_scale")
 
     def norm(t: Value, label: str) -> Value:
-        return rms_norm(t, epsilon=rms_norm_eps, name=label)
+        return rms_norm(t, epsilon=g.rms_norm_eps, name=label)
 
-    for i in range(num_hidden_layers):
+    for i in range(g.num_hidden_layers):
         p = f"layers.{i}"
         a = multi_head_attention(
-            norm(h, f"{p}.norm1"), num_heads=num_attention_heads,
-            num_kv_heads=num_key_value_heads, head_dim=head_dim, causal=True, window=windows[i],
-            scale=float(query_pre_attn_scalar) ** -0.5, softcap=attn_logit_softcapping,
-            rope=True, rope_base=rope_theta, rope_scaling=rope_scaling, use_bias=attention_bias,
-            name=f"{p}.attn")
+            norm(h, f"{p}.norm1"), num_heads=g.num_attention_heads,
+            num_kv_heads=g.num_key_value_heads, head_dim=g.head_dim, causal=True,
+            window=windows[i], scale=float(g.query_pre_attn_scalar) ** -0.5,
+            softcap=g.attn_logit_softcapping, rope=True, rope_base=g.rope_theta,
+            rope_scaling=g.rope_scaling, use_bias=g.attention_bias, name=f"{p}.attn")
         h = add(h, norm(a, f"{p}.post_attn_norm") if post_norms else a, name=f"{p}.res1")
         x = norm(h, f"{p}.norm2")
-        gate = gelu(dense(x, intermediate_size, use_bias=False, name=f"{p}.ffn.gate"),
+        gate = gelu(dense(x, g.intermediate_size, use_bias=False, name=f"{p}.ffn.gate"),
                     approximate="tanh")
-        up = dense(x, intermediate_size, use_bias=False, name=f"{p}.ffn.up")
-        f = dense(multiply(gate, up, name=f"{p}.ffn.glu"), hidden_size, use_bias=False,
+        up = dense(x, g.intermediate_size, use_bias=False, name=f"{p}.ffn.up")
+        f = dense(multiply(gate, up, name=f"{p}.ffn.glu"), g.hidden_size, use_bias=False,
                   name=f"{p}.ffn.down")
         h = add(h, norm(f, f"{p}.post_ffn_norm") if post_norms else f, name=f"{p}.res2")
     logits = tied_projection(norm(h, "norm"), emb, name="lm_head")
-    if final_logit_softcapping is not None:
-        cap = c.number(final_logit_softcapping, "final_logit_softcapping", positive=True)
+    if g.final_logit_softcapping is not None:
+        cap = float(c.number(g.final_logit_softcapping, "final_logit_softcapping",
+                             positive=True) or 1.0)
         logits = scale(tanh(scale(logits, 1.0 / cap, name="softcap.in"), name="softcap.tanh"),
                        cap, name="softcap.out")
     return Model(ids, {"logits": logits}, name="gemma2")
