@@ -388,7 +388,7 @@ def multi_head_attention(
     c.flag(rope, "rope")
     c.flag(rope_interleaved, "rope_interleaved")
     c.flag(qk_layernorm, "qk_layernorm")
-    rope_spec = None
+    rope_spec: tuple[Any, ...] | None = None
     if rope:
         if context is not None:
             c.fail("rope=True applies to self-attention only (context was given)")

@@ -13,6 +13,8 @@ import functools
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +264,24 @@ def test_folder_and_dtype_errors(tmp_path: Path) -> None:
     (folder / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(ag.ParamError, match="pickled torch files are never read"):
         hf.from_pretrained(folder)
+
+
+def test_loads_with_torch_and_transformers_unimportable() -> None:
+    """from_pretrained + predict in a process where importing torch or transformers fails."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np\n"
+        "from attngraph.models import hf\n"
+        f"model, params = hf.from_pretrained({str(ROOT / 'mistral')!r})\n"
+        "ids = np.arange(2, 9)[None]\n"
+        "print(model.predict(params, {'input_ids': ids})['logits'].shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 7, 64)"

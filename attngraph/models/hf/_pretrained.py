@@ -108,15 +108,15 @@ def _read_tensors(folder: str, problems: list[str]) -> dict[str, tuple[str, np.n
     `problems`."""
     single = os.path.join(folder, "model.safetensors")
     if os.path.isfile(single):
-        tensors, bad = read_safetensors(single)
+        whole, bad = read_safetensors(single)
         problems += bad
-        return tensors
+        return whole
     index_path = os.path.join(folder, INDEX)
     if not os.path.isfile(index_path):
-        found = sorted(f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth")))
+        pickled = sorted(f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth")))
         problems.append(f"no model.safetensors or {INDEX} in the folder"
-                        + (f" (found {found}: pickled torch files are never read)"
-                           if found else ""))
+                        + (f" (found {pickled}: pickled torch files are never read)"
+                           if pickled else ""))
         return {}
     try:
         with open(index_path, encoding="utf-8") as f:
