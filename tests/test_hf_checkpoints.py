@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import run_target
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 import attngraph as ag
 from attngraph.models import hf
@@ -285,3 +285,31 @@ def test_loads_with_torch_and_transformers_unimportable() -> None:
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(1, 7, 64)"
+
+
+def test_float16_checkpoint(tmp_path: Path) -> None:
+    """An fp16 checkpoint (written by the safetensors package): float16 params are views of
+    the file, float32 ones are widened per tensor."""
+    folder = tmp_path / "phi3"
+    folder.mkdir()
+    shutil.copy(ROOT / "phi3" / "config.json", folder)
+    state = load_file(str(ROOT / "phi3" / "model.safetensors"))
+    save_file({k: v.astype(np.float16) for k, v in state.items()}, str(folder / "model.safetensors"))
+    model, half = hf.from_pretrained(folder, dtype="float16")
+    _, full = hf.from_pretrained(folder)
+    for name in half:
+        assert half.is_mapped(name) and half.stored_dtype(name) == "F16"
+        assert not full.is_mapped(name) and full[name].dtype == np.float32
+        np.testing.assert_array_equal(full[name], half[name].astype(np.float32))
+    logits = model.predict(full, feeds("phi3"))["logits"]
+    assert np.abs(logits - expected("phi3")["logits"]).max() < 0.05
+
+
+@pytest.mark.parametrize("name", ["qwen2", "gemma2", "phi3"])
+def test_load_hf_weights_from_a_state_dict_equals_from_pretrained(name: str) -> None:
+    model, params = loaded(name)
+    state = load_file(str(ROOT / name / "model.safetensors"))
+    again = hf.load_hf_weights(name, state, model)
+    assert sorted(again) == sorted(params)
+    for key in params:
+        np.testing.assert_array_equal(again[key], params[key], err_msg=key)
