@@ -313,3 +313,11 @@ def test_load_hf_weights_from_a_state_dict_equals_from_pretrained(name: str) -> 
     assert sorted(again) == sorted(params)
     for key in params:
         np.testing.assert_array_equal(again[key], params[key], err_msg=key)
+
+
+def test_parameter_count_equals_the_index_metadata() -> None:
+    model, params = loaded("llama")
+    index = json.loads((ROOT / "llama" / "model.safetensors.index.json").read_text())
+    count = index["metadata"]["total_parameters"]
+    assert sum(params[n].size for n in params) == count
+    assert f"Total parameters: {count:,}" in model.summary()
