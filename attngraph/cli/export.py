@@ -8,9 +8,10 @@ import os
 from .._export import export
 from .._registry import TARGETS
 from ._common import human_size, model_options
-from ._load import model_and_params
+from ._hf import folder_name, is_hf
+from ._load import model_and_params, split_spec
 
-EXAMPLE = "export model.py -o out/model.onnx --target ort"
+EXAMPLE = "export model.py -o out/model.onnx --target ort   (or: export hf:DIR --kv-cache)"
 HELP = "export a model to an ONNX file"
 FUSED_ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention", "Attention"})
 
@@ -18,7 +19,8 @@ FUSED_ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention", "A
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options."""
     model_options(p, params=True)
-    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.add_argument("-o", "--output", metavar="OUT.onnx", help="default: the model file's or "
+                   "checkpoint folder's name + .onnx, here")
     p.add_argument("--target", choices=TARGETS, default="ort")
     p.add_argument("--opset", type=int, default=None, help="default: 23 (ort, onnx), 17 "
                    "(decomposed)")
@@ -29,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export to ONNX and print one line: path, target, opset, nodes, fused attention, size."""
     model, params = model_and_params(args)
+    if args.output is None:
+        stem = folder_name(args.model) if is_hf(args.model) else \
+            os.path.splitext(os.path.basename(split_spec(args.model)[0]))[0]
+        args.output = f"{stem}.onnx"
     proto = export(model, params, args.output, target=args.target, opset=args.opset,
                    dtype=args.dtype, kv_cache=args.kv_cache)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
