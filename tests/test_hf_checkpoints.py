@@ -366,3 +366,21 @@ def test_cli_hf_errors_are_one_line(capsys: pytest.CaptureFixture[str],
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "hidden_act='relu'" in err and "rope_parameters: rope_type 'dynamic'" in err
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_membership_does_not_convert(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, params = loaded("mistral")  # bf16: reading converts
+    calls = []
+    monkeypatch.setattr(hf._pretrained, "bf16_to_f32",
+                        lambda bits: calls.append(1) or hf.bf16_to_f32(bits))
+    assert "layers.0.attn.query.kernel" in params and "nope" not in params
+    assert sorted(params.keys()) == sorted(params) and not calls
+    params["norm.scale"]
+    assert calls == [1]
+
+
+def test_quantized_checkpoint_is_a_config_error(tmp_path: Path) -> None:
+    folder = copy_folder("phi3", tmp_path)
+    edit_config(folder, quantization_config={"quant_method": "gptq", "bits": 4})
+    with pytest.raises(ag.ConfigError, match="quantization_config \\(a 'gptq'-quantized"):
+        hf.from_pretrained(folder)

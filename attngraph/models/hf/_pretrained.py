@@ -56,6 +56,9 @@ class CheckpointParams(Mapping[str, np.ndarray]):
             out.setflags(write=False)
         return out
 
+    def __contains__(self, name: object) -> bool:  # without reading (Mapping's would)
+        return name in self._raw
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw)
 
