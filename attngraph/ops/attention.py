@@ -19,7 +19,7 @@ from ._attention_cache import cached_attention, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention
 from ._attention_math import attention_reference, merge_heads, split_heads
-from ._rope import rope_graph, rope_reference
+from ._rope import rope_graph, rope_parts, rope_reference
 from ._shapes import Fail, need_float
 
 
@@ -148,9 +148,9 @@ def _heads_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, src: np.ndar
     if attrs["qk_layernorm"]:
         q, k = _head_norm(q, p, "q_norm"), _head_norm(k, p, "k_norm")
     if attrs["rope"] is not None:
-        rotary_dim, base, interleaved = attrs["rope"]
-        q = rope_reference(q, rotary_dim, base, interleaved, positions)
-        k = rope_reference(k, rotary_dim, base, interleaved, positions)
+        rotary_dim, base, interleaved, scaling = rope_parts(attrs["rope"])
+        q = rope_reference(q, rotary_dim, base, interleaved, positions, scaling)
+        k = rope_reference(k, rotary_dim, base, interleaved, positions, scaling)
     return q, k, v
 
 
@@ -203,16 +203,19 @@ def _project_graph(b: Any, node: Any, x: str, src: str,
         q = _head_norm_graph(b, q, hq, d, "q_norm")
         k = _head_norm_graph(b, k, hkv, d, "k_norm")
     if a.rope is not None and (positions is not None or not uses_fused_rope(b, a)):
-        rotary_dim, base, interleaved = a.rope
-        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, positions)
-        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, positions)
+        rotary_dim, base, interleaved, scaling = rope_parts(a.rope)
+        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, positions, scaling)
+        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, positions, scaling)
     return q, k, v, a
 
 
 def _dense_graph(b: Any, node: Any, t: str, name: str) -> str:
     """One of the layer's dense sub-layers (query, key, value, output) applied to t."""
     y = b.op1("MatMul", [t, b.param(f"{name}.kernel")], tag=f"{name}/MatMul")
-    if node.attrs["use_bias"]:
+    use_bias = node.attrs["use_bias"]
+    if name == "output":  # Qwen2: biased q/k/v, unbiased output ("output_bias" only if it differs)
+        use_bias = node.attrs.get("output_bias", use_bias)
+    if use_bias:
         y = b.op1("Add", [y, b.param(f"{name}.bias")], tag=f"{name}/Add")
     return y
 
