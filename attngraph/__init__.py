@@ -56,6 +56,14 @@ from .layers import (
     tied_projection,
     timestep,
 )
+from .patterns import (
+    block_sparse_mask,
+    block_sparse_pattern,
+    causal_mask,
+    strided_mask,
+    strided_pattern,
+    window_mask,
+)
 from .position import alibi_bias, relative_position_bias
 from .recurrent import gru, lstm
 from .runtime import RuntimeFailure, Session
@@ -80,6 +88,9 @@ __all__ = [
     "add",
     "alibi_bias",
     "analyze",
+    "block_sparse_mask",
+    "block_sparse_pattern",
+    "causal_mask",
     "concatenate",
     "dense",
     "dropout",
@@ -110,9 +121,12 @@ __all__ = [
     "sigmoid",
     "silu",
     "softmax",
+    "strided_mask",
+    "strided_pattern",
     "tanh",
     "tied_projection",
     "timestep",
     "transformer_block",
     "validate",
+    "window_mask",
 ]

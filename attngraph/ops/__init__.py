@@ -1,3 +1,3 @@
 """Op families; importing this package registers every op."""
 
-from . import attention, basic, norm, position_bias, recurrent, sequence  # noqa: F401
+from . import attention, basic, norm, patterns, position_bias, recurrent, sequence  # noqa: F401
