@@ -30,6 +30,8 @@ from ._types import TensorType
 from ._validate import ValidationReport, validate
 from .analysis import AttentionReport, analyze, plot_attention
 from .blocks import feed_forward, transformer_block
+from .cost import AttentionCost, attention_cost
+from .factory import attention_module, get_attention, process_sequence
 from .generation import generate, generate_stream
 from .layers import (
     add,
@@ -69,6 +71,7 @@ from .recurrent import gru, lstm
 from .runtime import RuntimeFailure, Session
 
 __all__ = [
+    "AttentionCost",
     "AttentionReport",
     "AttnGraphError",
     "ConfigError",
@@ -88,6 +91,8 @@ __all__ = [
     "add",
     "alibi_bias",
     "analyze",
+    "attention_cost",
+    "attention_module",
     "block_sparse_mask",
     "block_sparse_pattern",
     "causal_mask",
@@ -100,6 +105,7 @@ __all__ = [
     "gelu",
     "generate",
     "generate_stream",
+    "get_attention",
     "gru",
     "input",
     "last_timestep",
@@ -112,6 +118,7 @@ __all__ = [
     "multiply",
     "plot_attention",
     "positional_encoding",
+    "process_sequence",
     "relative_position_bias",
     "relu",
     "rms_norm",
