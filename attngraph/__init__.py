@@ -33,6 +33,7 @@ from .blocks import feed_forward, transformer_block
 from .cost import AttentionCost, attention_cost
 from .factory import attention_module, get_attention, process_sequence
 from .generation import generate, generate_stream
+from .importance import HeadImportance, head_importance
 from .layers import (
     add,
     concatenate,
@@ -78,6 +79,7 @@ __all__ = [
     "ExportError",
     "FeedError",
     "GraphError",
+    "HeadImportance",
     "Model",
     "ParamError",
     "RuntimeFailure",
@@ -107,6 +109,7 @@ __all__ = [
     "generate_stream",
     "get_attention",
     "gru",
+    "head_importance",
     "input",
     "last_timestep",
     "layer_norm",
