@@ -30,6 +30,9 @@ ATTENTION_OPS = ("multi_head_attention", "attention")
 PATTERNS = ("self", "previous", "first", "local", "broad")
 PATTERN_THRESHOLD = 0.5  # a specific pattern must hold half of the attention mass
 LOCAL_BAND = 2  # "local": keys within 2 positions of the query
+# The seed's remedies are "lower temperature, attention dropout, label smoothing". With DESIGN
+# §4's temperature t (scale = 1/(t sqrt(D))), a lower t sharpens attention further, so the
+# advice names the direction that softens a collapsed head instead.
 COLLAPSE_ADVICE = ("consider a softening temperature t > 1 (scale=1/(t*sqrt(D))), attention "
                    "dropout or label smoothing (remedies at training time)")
 

@@ -61,8 +61,8 @@ def get_attention(attention_type: str = "mha", *, embed_dim: int, num_heads: int
 
     attention_type: "mha" (H key/value heads), "mqa" (1) or "gqa" (num_groups G, which must
     divide num_heads). embed_dim = the input and output width; head_dim = embed_dim / H.
-    apply_causal_mask: causal self-attention. dropout: attention dropout, an identity at
-    inference (attngraph only does inference); it is validated and recorded nowhere else.
+    apply_causal_mask: causal self-attention. dropout: attention dropout, validated only: it is
+    the identity at inference, and attngraph only does inference.
 
     The returned function takes x [batch, seq, embed_dim] (and optionally
     `key_padding_mask=` [batch, seq], True = attend) and returns [batch, seq, embed_dim]; its
