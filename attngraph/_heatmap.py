@@ -77,6 +77,7 @@ def plot_attention(report: AttentionReport, path: str | os.PathLike[str], *,
                 ax.set_title(f"head {h}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
+    assert image is not None  # at least one panel was drawn
     bar = fig.colorbar(image, ax=axes, fraction=0.04 if len(cols) > 2 else 0.08, pad=0.02)
     bar.set_label("attention weight", fontsize=9)
     buffer = io.BytesIO()

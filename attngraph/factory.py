@@ -163,7 +163,8 @@ def attention_module(
     base = name or f"attention_module_{next(_MODULES)}"
     key = query if key is None else key
     value = key if value is None else value
-    common = {"key_padding_mask": key_padding_mask, "mask": mask, "causal": causal}
+    common: dict[str, Any] = {"key_padding_mask": key_padding_mask, "mask": mask,
+                              "causal": causal}
     if value is key:
         out = multi_head_attention(
             query, None if key is query else key, num_heads=num_heads, head_dim=key_dim,
