@@ -18,6 +18,7 @@ import numpy as np
 from ._checks import Checker
 from ._errors import caller_location
 from ._types import FLOAT_DTYPES, normalize_dtype
+from .ops.attention import value_dim as layer_value_dim
 
 if TYPE_CHECKING:
     from ._graph import Node
@@ -112,8 +113,7 @@ def layer_cost(model: Model, node: Node, dtype: str | None = None) -> AttentionC
     if node.op == "multi_head_attention":
         a = node.attrs
         count = sum(int(np.prod(p.shape)) for p in node.params if p.owner is None)
-        return AttentionCost(name, count, a["num_kv_heads"], a["head_dim"],
-                             int(a.get("value_dim", a["head_dim"])),
+        return AttentionCost(name, count, a["num_kv_heads"], a["head_dim"], layer_value_dim(a),
                              normalize_dtype(dtype) or node.out_types[0].dtype,
                              a["window"] if isinstance(a["window"], int) else None)
     if node.op == "attention":  # head-split inputs: its projections are layers of their own

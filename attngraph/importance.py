@@ -18,6 +18,7 @@ import numpy as np
 from ._checks import Checker
 from ._errors import caller_location
 from ._params import check_params
+from .ops.attention import value_dim
 
 METRICS = ("l2", "max_abs")
 
@@ -62,7 +63,7 @@ def head_importance(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping
     scores = []
     for name in names:
         node = candidates[name]
-        dv = int(node.attrs.get("value_dim", node.attrs["head_dim"]))
+        dv = value_dim(node.attrs)
         spec = next(p for p in node.params if p.name == "output.kernel")
         key = model.param_key(node, spec)
         for h in range(node.attrs["num_heads"]):
