@@ -150,6 +150,19 @@ def test_process_sequence_matches_the_batched_layer_on_every_target(target: str)
     assert np.abs(moved - out).max() > 1e-3
 
 
+def test_process_sequence_with_keys_as_values() -> None:
+    model = _module_model(False, use_layer_norm=False)
+    params = model.init(seed=6)
+    rng = np.random.default_rng(2)
+    query, memory = rng.standard_normal(10), rng.standard_normal((3, 6))
+    out = ag.process_sequence(model, params, query, memory)
+    full = model.predict(params, {"query": query[None, None].astype(np.float32),
+                                  "key": memory[None].astype(np.float32)})["output"]
+    np.testing.assert_allclose(out, full[0, 0], atol=1e-6)
+    with pytest.raises(ag.FeedError, match="leave values out"):
+        ag.process_sequence(model, params, query, memory, memory)
+
+
 def test_process_sequence_refuses_mismatched_widths() -> None:
     model = _module_model(True)
     params = model.init()
