@@ -119,6 +119,11 @@ register("attention", infer=_sdpa_infer, reference=_sdpa_ref, decomposed=_sdpa_l
 # -- multi-head attention (one node, with its projections) -----------------------------------
 
 
+def value_dim(attrs: Any) -> int:
+    """Width Dv of a multi_head_attention layer's value heads (head_dim unless set)."""
+    return int(attrs.get("value_dim", attrs["head_dim"]))
+
+
 def _mha_infer(types: list[Any], attrs: Any, fail: Fail) -> list[TensorType]:
     x, ctx, kpm, mask = types
     need_float(x, "input", fail)
@@ -194,7 +199,7 @@ def _project_graph(b: Any, node: Any, x: str, src: str,
     same = ctx_value is None
     hq, hkv, d = attrs["num_heads"], attrs["num_kv_heads"], attrs["head_dim"]
     a = attn_facts(node, same or same_dim(x_type.shape[1], ctx_value.type.shape[1]) is True,
-                   hq, hkv, d, d)
+                   hq, hkv, d, value_dim(attrs))
     a = replace(a, cross=not same, rope=attrs["rope"])
 
     q, k, v = (_dense_graph(b, node, t, name)
@@ -245,6 +250,9 @@ def _mha_decode_check(node: Any) -> str | None:
                 "window (the last K positions)")
     if attrs["return_weights"]:
         return "return_weights is for inspection; export without it to decode with a cache"
+    if value_dim(attrs) != attrs["head_dim"]:
+        return (f"value_dim={value_dim(attrs)} differs from head_dim={attrs['head_dim']}; the "
+                "cache layout holds one head size for keys and values")
     return None
 
 
