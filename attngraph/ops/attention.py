@@ -269,8 +269,9 @@ def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
     q, k, v, a = _project_graph(b, node, ins[0], ins[0], (ctx.positions, ctx.padding))
     a = replace(a, same_len=False, has_kpm=True, kpm_bool=False)
     past_k, past_v = ctx.past[ctx.index[node]]
-    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding)
-    window = node.attrs["window"]
+    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding,
+                                                 ctx.shared)
+    window = None if ctx.shared is not None else node.attrs["window"]  # shared: op's window
     ctx.present[ctx.index[node]] = (trim_to_window(b, present_k, window),
                                     trim_to_window(b, present_v, window))
     return [_dense_graph(b, node, out, "output")]
