@@ -30,6 +30,7 @@ from ._types import TensorType
 from ._validate import ValidationReport, validate
 from .analysis import AttentionReport, analyze, plot_attention
 from .blocks import feed_forward, transformer_block
+from .genai import save_genai
 from .generation import generate, generate_stream
 from .layers import (
     add,
@@ -104,6 +105,7 @@ __all__ = [
     "relative_position_bias",
     "relu",
     "rms_norm",
+    "save_genai",
     "save_params",
     "scale",
     "scaled_dot_product_attention",
