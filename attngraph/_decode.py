@@ -86,6 +86,8 @@ class Decode:
     # shared-buffer exports: (seqlens_k (B,) int32, total_sequence_length () int32), built
     # once per model from the attention mask and read by every layer
     shared: tuple[Any, Any] | None = None
+    # exporter: (rotary_dim, base) -> cos, sin (B, S, r/2) at `positions`, made once per model
+    rope_tables: dict[tuple[int, float], tuple[Any, Any]] = field(default_factory=dict)
 
 
 def looks_ahead(attrs: Mapping[str, Any]) -> bool:

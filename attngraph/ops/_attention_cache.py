@@ -34,6 +34,7 @@ from ._attention_graph import (
     to_heads,
     zero_dead_rows,
 )
+from ._rope import inv_freq, rope_graph
 
 _LAST = np.iinfo(np.int64).max
 
@@ -94,6 +95,32 @@ def _concat(b: Any, a: Attn, q: str, k: str, v: str, past_k: str, past_v: str,
                     same_len=False)
     out, _ = decomposed_attention(b, plain, to_heads(b, q, a.hq, a.d), k4, v4, allow, "", "4d")
     return from_heads(b, out, a.hq, a.dv), k4, v4
+
+
+def decode_rope(b: Any, ctx: Any, x: str, heads: int, head_dim: int,
+                rope: tuple[int, float, bool]) -> str:
+    """Rotate the new tokens x (B, S, H*D) at ctx.positions (B, S). The cos / sin tables are
+    made once per model for just those positions, (B, S, r/2), and shared by every layer's q
+    and k (the standard RotaryEmbedding op takes them without position ids); the portable
+    form tabulates positions 0 .. T-1 and gathers."""
+    rotary_dim, base, interleaved = rope
+    if b.target == "decomposed" or b.opset < 23:
+        return rope_graph(b, x, heads, head_dim, rotary_dim, base, interleaved,
+                          (ctx.positions, ctx.padding))
+    key = (rotary_dim, float(base))
+    if key not in ctx.rope_tables:
+        layer, b.layer = b.layer, "decoder"  # model-wide tensors read by every layer
+        freqs = b.const(inv_freq(rotary_dim, base).astype(np.float32), "float32")
+        pos = b.unsqueeze(b.cast(ctx.positions, "float32"), [2])  # (B, S, 1)
+        angles = b.op1("Mul", [pos, freqs], tag="rope_angles")  # (B, S, r/2)
+        cos, sin = b.op1("Cos", [angles]), b.op1("Sin", [angles])
+        if b.dtype != "float32":
+            cos, sin = b.cast(cos, b.dtype), b.cast(sin, b.dtype)
+        ctx.rope_tables[key] = (cos, sin)
+        b.layer = layer
+    cos, sin = ctx.rope_tables[key]
+    return b.op1("RotaryEmbedding", [x, cos, sin], tag="RotaryEmbedding",
+                 interleaved=int(interleaved), num_heads=heads, rotary_embedding_dim=rotary_dim)
 
 
 def shared_lengths(b: Any, mask: str) -> tuple[str, str]:
