@@ -32,6 +32,7 @@ from .analysis import AttentionReport, analyze, plot_attention
 from .blocks import feed_forward, transformer_block
 from .cost import AttentionCost, attention_cost
 from .factory import attention_module, get_attention, process_sequence
+from .genai import save_genai
 from .generation import generate, generate_stream
 from .importance import HeadImportance, head_importance
 from .layers import (
@@ -125,6 +126,7 @@ __all__ = [
     "relative_position_bias",
     "relu",
     "rms_norm",
+    "save_genai",
     "save_params",
     "scale",
     "scaled_dot_product_attention",

@@ -15,7 +15,7 @@ import numpy as np
 from .._decode import looks_ahead
 from .._registry import DecodeForms, register
 from .._types import INT_DTYPES, TensorType, same_dim
-from ._attention_cache import cached_attention, trim_to_window
+from ._attention_cache import cached_attention, decode_rope, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention
 from ._attention_math import attention_reference, merge_heads, split_heads
@@ -191,7 +191,7 @@ def _head_norm_graph(b: Any, x: str, heads: int, dim: int, name: str) -> str:
 
 
 def _project_graph(b: Any, node: Any, x: str, src: str,
-                   positions: tuple[str, str] | None = None) -> tuple[str, str, str, Attn]:
+                   decode: Any = None) -> tuple[str, str, str, Attn]:
     """Projected q (B, Sq, Hq*D), k, v (B, Sk, Hkv*D) (normalised, rotated unless the fused
     op rotates them) and the layer's attention facts."""
     attrs = node.attrs
@@ -207,10 +207,13 @@ def _project_graph(b: Any, node: Any, x: str, src: str,
     if attrs["qk_layernorm"]:
         q = _head_norm_graph(b, q, hq, d, "q_norm")
         k = _head_norm_graph(b, k, hkv, d, "k_norm")
-    if a.rope is not None and (positions is not None or not uses_fused_rope(b, a)):
+    if a.rope is not None and decode is not None:  # the new tokens at their positions
+        q = decode_rope(b, decode, q, hq, d, a.rope)
+        k = decode_rope(b, decode, k, hkv, d, a.rope)
+    elif a.rope is not None and not uses_fused_rope(b, a):
         rotary_dim, base, interleaved, scaling = rope_parts(a.rope)
-        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, positions, scaling)
-        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, positions, scaling)
+        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, None, scaling)
+        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, None, scaling)
     return q, k, v, a
 
 
@@ -277,11 +280,12 @@ def _mha_decode_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x
 
 
 def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
-    q, k, v, a = _project_graph(b, node, ins[0], ins[0], (ctx.positions, ctx.padding))
+    q, k, v, a = _project_graph(b, node, ins[0], ins[0], ctx)
     a = replace(a, same_len=False, has_kpm=True, kpm_bool=False)
     past_k, past_v = ctx.past[ctx.index[node]]
-    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding)
-    window = node.attrs["window"]
+    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding,
+                                                 ctx.shared)
+    window = None if ctx.shared is not None else node.attrs["window"]  # shared: op's window
     ctx.present[ctx.index[node]] = (trim_to_window(b, present_k, window),
                                     trim_to_window(b, present_v, window))
     return [_dense_graph(b, node, out, "output")]
