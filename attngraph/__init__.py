@@ -26,6 +26,7 @@ from ._export import export
 from ._graph import Value
 from ._model import Model
 from ._params import load_params, save_params
+from ._stream import Stream
 from ._types import TensorType
 from ._validate import ValidationReport, validate
 from .analysis import AttentionReport, analyze, plot_attention
@@ -86,6 +87,7 @@ __all__ = [
     "RuntimeFailure",
     "Session",
     "ShapeError",
+    "Stream",
     "TensorType",
     "UnsupportedError",
     "ValidationReport",
