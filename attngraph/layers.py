@@ -332,7 +332,7 @@ def scaled_dot_product_attention(
 
 def multi_head_attention(
     x: Value, context: Value | None = None, *, num_heads: int, head_dim: int | None = None,
-    num_kv_heads: int | None = None, causal: bool = False,
+    num_kv_heads: int | None = None, value_dim: int | None = None, causal: bool = False,
     window: int | tuple[int, int] | None = None, key_padding_mask: Value | None = None,
     mask: Value | None = None, scale: float | None = None, softcap: float | None = None,
     use_bias: bool = True, out_dim: int | None = None, rope: bool = False,
@@ -344,6 +344,8 @@ def multi_head_attention(
 
     Self-attention when `context` is None, cross-attention otherwise. num_kv_heads: None = MHA,
     1 = MQA, else GQA (must divide num_heads). head_dim defaults to embed_dim // num_heads.
+    value_dim: the width of each value head (default head_dim); value heads may be wider or
+    narrower than query/key heads (Keras `value_dim`, Dv in DESIGN §4).
     Attention options are those of `scaled_dot_product_attention`.
 
     rope: rotary position embedding on q and k (self-attention only), positions 0 .. S-1;
@@ -357,8 +359,8 @@ def multi_head_attention(
     qk_layernorm: layer-normalise each query and key head vector before the scores (Edifice),
     with params q_norm/k_norm.scale and .bias [head_dim]; applied before RoPE.
 
-    Params: query.kernel [E, H*D], key.kernel / value.kernel [Ec, Hkv*D], output.kernel
-    [H*D, out_dim] (and `.bias` of each when use_bias).
+    Params: query.kernel [E, H*D], key.kernel [Ec, Hkv*D], value.kernel [Ec, Hkv*Dv],
+    output.kernel [H*Dv, out_dim] (and `.bias` of each when use_bias).
 
     Returns:
         [batch, seq, out_dim] (out_dim defaults to E), and weights [B, H, Sq, Sk] if asked.
@@ -369,6 +371,7 @@ def multi_head_attention(
     c.pos_int(num_heads, "num_heads")
     c.pos_int(head_dim, "head_dim", optional=True)
     c.pos_int(num_kv_heads, "num_kv_heads", optional=True)
+    c.pos_int(value_dim, "value_dim", optional=True)
     c.pos_int(out_dim, "out_dim", optional=True)
     c.flag(use_bias, "use_bias")
     attrs = _attention_options(c, causal, window, scale, softcap, return_weights, mask,
@@ -412,8 +415,11 @@ def multi_head_attention(
                  qk_layernorm=qk_layernorm)
     if output_bias is not None and output_bias != use_bias:
         attrs["output_bias"] = output_bias  # recorded only when it differs: stable exports
+    dv = head_dim if value_dim is None else value_dim
+    if dv != head_dim:  # recorded only when it differs, so other layers' configs stay as they were
+        attrs["value_dim"] = dv
     shapes = {"query": (embed, num_heads * head_dim), "key": (ctx_dim, kv * head_dim),
-              "value": (ctx_dim, kv * head_dim), "output": (num_heads * head_dim, out_dim)}
+              "value": (ctx_dim, kv * dv), "output": (num_heads * dv, out_dim)}
     params: tuple[ParamSpec, ...] = ()
     for sub, shape in shapes.items():
         params += (ParamSpec(f"{sub}.kernel", shape, "glorot"),)

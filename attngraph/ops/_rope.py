@@ -95,12 +95,16 @@ def rope_reference(x: np.ndarray, rotary_dim: int, base: float, interleaved: boo
     return np.concatenate([out.astype(x.dtype), rest], axis=-1)
 
 
-def rope_cache(b: Any, x: str, rotary_dim: int, base: float, scaling: Scaling | None = None
-               ) -> tuple[str, str]:
-    """cos and sin tables (S, r/2) in the model's dtype for positions 0 .. S-1, S = x's axis 1."""
+def rope_cache(b: Any, x: str, rotary_dim: int, base: float, scaling: Scaling | None = None,
+               offset: str | None = None) -> tuple[str, str]:
+    """cos and sin tables (S, r/2) in the model's dtype for positions 0 .. S-1, S = x's axis 1
+    (offset .. offset+S-1 with `offset`, a (1,) int64 tensor: streaming, where no table may
+    grow with the frames seen)."""
     seq = b.cast(b.op1("Squeeze", [b.dim(x, 1)]), "float32")
     pos = b.op1("Range", [b.const(np.array(0.0, np.float32), "float32"), seq,
                           b.const(np.array(1.0, np.float32), "float32")])  # (S,)
+    if offset is not None:
+        pos = b.op1("Add", [pos, b.cast(offset, "float32")])
     freqs = b.const(inv_freq(rotary_dim, base, scaling).astype(np.float32)[None, :], "float32")
     angles = b.op1("Mul", [b.unsqueeze(pos, [1]), freqs])  # (S, r/2)
     cos, sin = b.op1("Cos", [angles]), b.op1("Sin", [angles])
@@ -111,11 +115,13 @@ def rope_cache(b: Any, x: str, rotary_dim: int, base: float, scaling: Scaling | 
 
 def rope_graph(b: Any, x: str, heads: int, head_dim: int, rotary_dim: int, base: float,
                interleaved: bool, positions: tuple[str, str] | None = None,
-               scaling: Scaling | None = None) -> str:
+               scaling: Scaling | None = None, offset: str | None = None) -> str:
     """Rotate x (B, S, H*D) at positions 0 .. S-1, or at `positions` = (ids (B, S) int64, a
-    tensor whose axis 1 counts the positions to tabulate); the standard RotaryEmbedding op
-    (opset 23) when the target allows it, else MatMul-free primitives."""
-    cos, sin = rope_cache(b, x if positions is None else positions[1], rotary_dim, base, scaling)
+    tensor whose axis 1 counts the positions to tabulate), or at offset .. offset+S-1 (`offset`
+    a (1,) int64 tensor); the standard RotaryEmbedding op (opset 23) when the target allows
+    it, else MatMul-free primitives."""
+    cos, sin = rope_cache(b, x if positions is None else positions[1], rotary_dim, base,
+                          scaling, offset if positions is None else None)
     if b.target != "decomposed" and b.opset >= 23:
         if positions is None:
             pos = b.op1("Expand", [b.unsqueeze(b.op1("Range", [
