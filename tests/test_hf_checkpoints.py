@@ -384,3 +384,13 @@ def test_quantized_checkpoint_is_a_config_error(tmp_path: Path) -> None:
     edit_config(folder, quantization_config={"quant_method": "gptq", "bits": 4})
     with pytest.raises(ag.ConfigError, match="quantization_config \\(a 'gptq'-quantized"):
         hf.from_pretrained(folder)
+
+
+def test_checkpoint_folders_are_small_and_as_saved() -> None:
+    sizes = sum(f.stat().st_size for f in ROOT.rglob("*") if f.is_file())
+    assert sizes < 2_000_000
+    assert sorted(p.name for p in ROOT.iterdir()) == sorted(FAMILIES)
+    assert len(list((ROOT / "llama").glob("model-0000?-of-00003.safetensors"))) == 3
+    assert hf.read_config(ROOT / "mistral")["dtype"] == "bfloat16"
+    for name in FAMILIES:
+        assert json.loads(str(golden(name)["versions"]))["transformers"].startswith("5.")
