@@ -394,3 +394,11 @@ def test_checkpoint_folders_are_small_and_as_saved() -> None:
     assert hf.read_config(ROOT / "mistral")["dtype"] == "bfloat16"
     for name in FAMILIES:
         assert json.loads(str(golden(name)["versions"]))["transformers"].startswith("5.")
+
+
+def test_gemma_norm_scale_rounds_once_in_float16() -> None:
+    _, half = hf.from_pretrained(ROOT / "gemma2", dtype="float16")
+    state = load_file(str(ROOT / "gemma2" / "model.safetensors"))
+    w = state["model.layers.0.input_layernorm.weight"]
+    np.testing.assert_array_equal(half["layers.0.norm1.scale"],
+                                  (np.float32(1) + w).astype(np.float16))
