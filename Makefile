@@ -1,5 +1,5 @@
 # Each target creates .venv when it is missing and installs what it needs from PyPI.
-# `make test PYTHON=python3.10` runs the suite under another interpreter in its own .venv-3.10.
+# `make test PYTHON=python3.13` runs the suite under another interpreter in its own .venv-3.13.
 PYTHON ?= python3
 PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 VENV   ?= $(if $(filter command line environment,$(origin PYTHON)),.venv-$(PYVER),.venv)
