@@ -26,12 +26,14 @@ from ._export import export
 from ._graph import Value
 from ._model import Model
 from ._params import load_params, save_params
+from ._stream import Stream
 from ._types import TensorType
 from ._validate import ValidationReport, validate
 from .analysis import AttentionReport, analyze, plot_attention
 from .blocks import feed_forward, transformer_block
 from .cost import AttentionCost, attention_cost
 from .factory import attention_module, get_attention, process_sequence
+from .genai import save_genai
 from .generation import generate, generate_stream
 from .importance import HeadImportance, head_importance
 from .layers import (
@@ -85,6 +87,7 @@ __all__ = [
     "RuntimeFailure",
     "Session",
     "ShapeError",
+    "Stream",
     "TensorType",
     "UnsupportedError",
     "ValidationReport",
@@ -125,6 +128,7 @@ __all__ = [
     "relative_position_bias",
     "relu",
     "rms_norm",
+    "save_genai",
     "save_params",
     "scale",
     "scaled_dot_product_attention",

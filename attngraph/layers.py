@@ -14,6 +14,7 @@ from ._errors import ConfigError, caller_location, layer_message
 from ._graph import ParamSpec, Value, make_node
 from ._registry import register
 from ._types import DTYPES, TensorType, normalize_dtype
+from .ops._rope import scaling_spec
 
 register(
     "input",
@@ -337,6 +338,7 @@ def multi_head_attention(
     use_bias: bool = True, out_dim: int | None = None, rope: bool = False,
     rope_base: float = 10000.0, rotary_dim: int | None = None, rope_interleaved: bool = False,
     qk_layernorm: bool = False, return_weights: bool = False, name: str | None = None,
+    rope_scaling: dict[str, Any] | None = None, output_bias: bool | None = None,
 ) -> Any:
     """Multi-head attention with its query/key/value/output projections, as one node.
 
@@ -349,6 +351,11 @@ def multi_head_attention(
     rope: rotary position embedding on q and k (self-attention only), positions 0 .. S-1;
     pair k of the first `rotary_dim` dims (default head_dim) turns by p * rope_base^(-2k/r);
     half-split pairs (Llama, default) or interleaved pairs (`rope_interleaved=True`, GPT-J).
+    rope_scaling: Hugging Face's frequency scaling, {"rope_type": "linear", "factor": f} or
+    {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"} (see `attngraph.ops._rope`).
+    output_bias: whether the output projection has a bias (default: use_bias; Qwen2 biases
+    only query/key/value).
     qk_layernorm: layer-normalise each query and key head vector before the scores (Edifice),
     with params q_norm/k_norm.scale and .bias [head_dim]; applied before RoPE.
 
@@ -384,7 +391,7 @@ def multi_head_attention(
     c.flag(rope, "rope")
     c.flag(rope_interleaved, "rope_interleaved")
     c.flag(qk_layernorm, "qk_layernorm")
-    rope_spec = None
+    rope_spec: tuple[Any, ...] | None = None
     if rope:
         if context is not None:
             c.fail("rope=True applies to self-attention only (context was given)")
@@ -393,12 +400,21 @@ def multi_head_attention(
         if r > head_dim or r % 2:
             c.fail(f"rotary_dim must be even and <= head_dim={head_dim}, given {r}")
         rope_spec = (r, base, rope_interleaved)
-    elif rotary_dim is not None:
-        c.fail("rotary_dim is given but rope=False")
+        scaling, problems = scaling_spec(rope_scaling)
+        if problems:
+            c.fail(f"rope_scaling: {'; '.join(problems)}")
+        if scaling is not None:
+            rope_spec += (scaling,)
+    elif rotary_dim is not None or rope_scaling is not None:
+        c.fail("rotary_dim / rope_scaling is given but rope=False")
+    if output_bias is not None:
+        c.flag(output_bias, "output_bias")
     out_dim = embed if out_dim is None else out_dim
     attrs.update(num_heads=num_heads, num_kv_heads=kv, head_dim=head_dim, embed_dim=embed,
                  context_dim=ctx_dim, out_dim=out_dim, use_bias=use_bias, rope=rope_spec,
                  qk_layernorm=qk_layernorm)
+    if output_bias is not None and output_bias != use_bias:
+        attrs["output_bias"] = output_bias  # recorded only when it differs: stable exports
     dv = head_dim if value_dim is None else value_dim
     if dv != head_dim:  # recorded only when it differs, so other layers' configs stay as they were
         attrs["value_dim"] = dv
@@ -407,7 +423,7 @@ def multi_head_attention(
     params: tuple[ParamSpec, ...] = ()
     for sub, shape in shapes.items():
         params += (ParamSpec(f"{sub}.kernel", shape, "glorot"),)
-        if use_bias:
+        if attrs.get("output_bias", use_bias) if sub == "output" else use_bias:
             params += (ParamSpec(f"{sub}.bias", (shape[1],), "zeros"),)
     if qk_layernorm:
         for sub in ("q_norm", "k_norm"):

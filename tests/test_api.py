@@ -17,6 +17,8 @@ PUBLIC += ["block_sparse_mask", "block_sparse_pattern", "causal_mask", "strided_
            "strided_pattern", "window_mask", "AttentionCost", "attention_cost",
            "attention_module", "get_attention", "process_sequence", "HeadImportance",
            "head_importance"]
+PUBLIC += ["save_genai"]
+PUBLIC += ["Stream"]
 
 
 def test_public_api_snapshot() -> None:

@@ -22,13 +22,16 @@ from .._decode import (
     cache_layers,
     past_names,
     present_names,
+    share_buffer_choice,
 )
 from .._errors import ExportError
 from .._io import atomic_write_bytes
 from .._params import check_params
 from .._registry import OPS, TARGETS
+from .._stream_plan import Plan, Step, analyze, stream_plan
 from .._types import FLOAT_DTYPES, TensorType
 from ._builder import ONNX_DTYPES, Builder
+from ._streaming import lower_node, lower_step, stream_metadata
 
 if TYPE_CHECKING:
     from .._model import Model
@@ -53,6 +56,8 @@ def export(
     opset: int | None = None,
     dtype: str = "float32",
     kv_cache: bool = False,
+    share_buffer: bool | None = None,
+    streaming: bool = False,
 ) -> onnx.ModelProto:
     """Lower `model` to ONNX with every attention layer as one fused node.
 
@@ -72,6 +77,13 @@ def export(
             every later step; sliding-window layers keep at most `window` positions. On
             "ort", onnxruntime's CPU GroupQueryAttention takes several new tokens after a
             non-empty cache only at batch 1.
+        share_buffer: (kv_cache) one preallocated past/present buffer per layer that
+            GroupQueryAttention updates in place (no copy of the cache per step; rows'
+            tokens at the front of the buffer, see `attngraph/_decode.py`). Default: on
+            "ort" when every cached layer has head_dim % 8 == 0 and no sliding window.
+        streaming: export a step model (DESIGN §9): inputs are the next chunk of frames
+            `[batch, chunk, ...]` plus `state.frames` and `state.<layer>.<part>`; outputs are
+            the model's outputs for the chunk plus `new_state.*`. Run it with `ag.Stream`.
 
     Returns:
         The ONNX model proto (the same bytes every time for the same model, params, target).
@@ -79,7 +91,7 @@ def export(
     Raises:
         ExportError: unknown target/dtype/opset, unwritable path.
         UnsupportedError: a layer uses a feature the target cannot express, or (kv_cache)
-            the model is not a causal decoder.
+            the model is not a causal decoder, or (streaming) a layer looks ahead.
         ParamError: params do not match the model.
     """
     from .. import __version__
@@ -104,15 +116,24 @@ def export(
             raise ExportError(f"export: directory {directory!r} is not writable (path {path!r})")
     if not isinstance(kv_cache, bool):
         raise ExportError(f"export: kv_cache must be True or False, given {kv_cache!r}")
+    if not isinstance(streaming, bool):
+        raise ExportError(f"export: streaming must be True or False, given {streaming!r}")
+    if streaming and kv_cache:
+        raise ExportError("export: choose kv_cache=True (token decoders) or streaming=True "
+                          "(step models), not both")
     layers = cache_layers(model, "export(kv_cache=True)") if kv_cache else None
+    shared = layers is not None and share_buffer_choice(layers, target, share_buffer)
+    plan = stream_plan(model, "export(streaming=True)") if streaming else analyze(model)
     checked = check_params(model.param_specs, params)
 
     b = Builder(target=target, opset=opset, dtype=dtype, params=checked,
                 param_key=model.param_key)
-    if layers is None:
-        graph_inputs, graph_outputs = _lower(b, model, dtype)
+    if streaming:
+        graph_inputs, graph_outputs = lower_step(b, model, plan, dtype)
+    elif layers is None:
+        graph_inputs, graph_outputs = _lower(b, model, dtype, plan)
     else:
-        graph_inputs, graph_outputs = _lower_cached(b, model, layers, dtype)
+        graph_inputs, graph_outputs = _lower_cached(b, model, layers, dtype, shared)
 
     graph = helper.make_graph(
         b.nodes, model.name, graph_inputs, graph_outputs, initializer=list(b.initializers.values())
@@ -133,6 +154,9 @@ def export(
         props["attngraph.kv_cache"] = json.dumps(
             [{"layer": x.name, "kv_heads": x.kv_heads, "head_dim": x.head_dim,
               "window": x.window} for x in layers], separators=(",", ":"))
+        props["attngraph.share_buffer"] = "true" if shared else "false"
+    if streaming:
+        props["attngraph.streaming"] = stream_metadata(plan)
     helper.set_model_props(proto, props)
     size = sum(t.ByteSize() for t in proto.graph.initializer)
     if size > _EXTERNAL_DATA_THRESHOLD:
@@ -150,7 +174,8 @@ def export(
 
 
 def _lower_nodes(b: Builder, model: Model, names: dict[tuple[int, int], str],
-                 decode: Decode | None = None) -> None:
+                 decode: Decode | None = None, plan: Plan | None = None,
+                 step: Step | None = None) -> None:
     """Lower every node in order; `names` maps (node id, output index) -> tensor name."""
     for node in model.nodes:
         if node.op == "input":
@@ -160,6 +185,8 @@ def _lower_nodes(b: Builder, model: Model, names: dict[tuple[int, int], str],
         op = OPS[node.op]
         if decode is not None and op.decode is not None:
             outs = op.decode.lower(b, node, ins, decode)
+        elif plan is not None:  # last-query nodes, step models (`_streaming.py`)
+            outs = lower_node(b, node, ins, plan, step)
         else:
             outs = op.lowering(b.target)(b, node, ins)
         for i, out in enumerate(outs):
@@ -184,14 +211,14 @@ def _name_output(b: Builder, src: str, key: str) -> None:
                     names[i] = key
 
 
-def _lower(b: Builder, model: Model, dtype: str) -> tuple[list[Any], list[Any]]:
+def _lower(b: Builder, model: Model, dtype: str, plan: Plan) -> tuple[list[Any], list[Any]]:
     names: dict[tuple[int, int], str] = {}
     graph_inputs = []
     for key, v in model.inputs.items():
         names[(id(v.node), 0)] = key
         b.used_names.add(key)
         graph_inputs.append(_value_info(key, v.type, dtype))
-    _lower_nodes(b, model, names)
+    _lower_nodes(b, model, names, plan=plan)
     graph_outputs = []
     for key, v in model.outputs.items():
         _output(b, names[(id(v.node), v.index)], key)
@@ -199,10 +226,12 @@ def _lower(b: Builder, model: Model, dtype: str) -> tuple[list[Any], list[Any]]:
     return graph_inputs, graph_outputs
 
 
-def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer],
-                  dtype: str) -> tuple[list[Any], list[Any]]:
+def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer], dtype: str,
+                  shared: bool = False) -> tuple[list[Any], list[Any]]:
     """The decoder with a key/value cache (the convention of `_decode.py`)."""
-    types = cache_input_types(model, layers, dtype)
+    from ..ops._attention_cache import shared_lengths
+
+    types = cache_input_types(model, layers, dtype, shared)
     b.used_names.update(types)
     b.layer = "decoder"
     # positions of the new tokens: cumsum(attention_mask) - 1 (0 for padding), last S columns
@@ -212,7 +241,8 @@ def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer],
     pos = b.op1("Slice", [pos, b.op1("Neg", [seq]), b.ints([np.iinfo(np.int64).max]),
                           b.ints([1])], tag="positions")  # (B, S)
     ctx = Decode(index={x.node: i for i, x in enumerate(layers)}, positions=pos,
-                 padding=MASK, past=[past_names(i) for i in range(len(layers))])
+                 padding=MASK, past=[past_names(i) for i in range(len(layers))],
+                 shared=shared_lengths(b, MASK) if shared else None)
     (ids_value,) = model.inputs.values()
     names = {(id(ids_value.node), 0): IDS}
     _lower_nodes(b, model, names, ctx)
@@ -224,8 +254,8 @@ def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer],
         for src, key in zip(ctx.present[i], present_names(i)):
             _name_output(b, src, key)
             outputs.append(_value_info(
-                key, TensorType(dtype, ("batch", x.kv_heads, x.seq_dim("present_seq"),
-                                        x.head_dim)), dtype))
+                key, TensorType(dtype, ("batch", x.kv_heads, "present_seq" if shared else
+                                        x.seq_dim("present_seq"), x.head_dim)), dtype))
     return [_value_info(k, t, dtype) for k, t in types.items()], outputs
 
 

@@ -13,13 +13,22 @@ from typing import Any
 import numpy as np
 
 from .._decode import looks_ahead
-from .._registry import DecodeForms, register
+from .._registry import DecodeForms, StreamForms, register
 from .._types import INT_DTYPES, TensorType, same_dim
-from ._attention_cache import cached_attention, trim_to_window
+from ._attention_cache import cached_attention, decode_rope, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
-from ._attention_graph import Attn, decomposed_attention
+from ._attention_graph import Attn, decomposed_attention, to_heads
 from ._attention_math import attention_reference, merge_heads, split_heads
-from ._rope import rope_graph, rope_reference
+from ._attention_stream import (
+    keep_last,
+    last_query_attention,
+    lookback,
+    slice_last,
+    stream_attention,
+    stream_last_query,
+)
+from ._attention_stream import looks_ahead as looks_ahead_stream
+from ._rope import rope_graph, rope_parts, rope_reference
 from ._shapes import Fail, need_float
 
 
@@ -153,9 +162,9 @@ def _heads_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, src: np.ndar
     if attrs["qk_layernorm"]:
         q, k = _head_norm(q, p, "q_norm"), _head_norm(k, p, "k_norm")
     if attrs["rope"] is not None:
-        rotary_dim, base, interleaved = attrs["rope"]
-        q = rope_reference(q, rotary_dim, base, interleaved, positions)
-        k = rope_reference(k, rotary_dim, base, interleaved, positions)
+        rotary_dim, base, interleaved, scaling = rope_parts(attrs["rope"])
+        q = rope_reference(q, rotary_dim, base, interleaved, positions, scaling)
+        k = rope_reference(k, rotary_dim, base, interleaved, positions, scaling)
     return q, k, v
 
 
@@ -191,9 +200,11 @@ def _head_norm_graph(b: Any, x: str, heads: int, dim: int, name: str) -> str:
 
 
 def _project_graph(b: Any, node: Any, x: str, src: str,
-                   positions: tuple[str, str] | None = None) -> tuple[str, str, str, Attn]:
+                   decode: Any = None,
+                   offsets: tuple[str, str] | None = None) -> tuple[str, str, str, Attn]:
     """Projected q (B, Sq, Hq*D), k, v (B, Sk, Hkv*D) (normalised, rotated unless the fused
-    op rotates them) and the layer's attention facts."""
+    op rotates them) and the layer's attention facts. `offsets`: q and k sit at positions
+    offset .. offset+S-1 ((1,) int64 tensors; streaming and last-query forms)."""
     attrs = node.attrs
     x_type, ctx_value = node.inputs[0].type, node.inputs[1]
     same = ctx_value is None
@@ -207,17 +218,24 @@ def _project_graph(b: Any, node: Any, x: str, src: str,
     if attrs["qk_layernorm"]:
         q = _head_norm_graph(b, q, hq, d, "q_norm")
         k = _head_norm_graph(b, k, hkv, d, "k_norm")
-    if a.rope is not None and (positions is not None or not uses_fused_rope(b, a)):
-        rotary_dim, base, interleaved = a.rope
-        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, positions)
-        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, positions)
+    if a.rope is not None and decode is not None:  # the new tokens at their positions
+        q = decode_rope(b, decode, q, hq, d, a.rope)
+        k = decode_rope(b, decode, k, hkv, d, a.rope)
+    elif a.rope is not None and (offsets is not None or not uses_fused_rope(b, a)):
+        rotary_dim, base, interleaved, scaling = rope_parts(a.rope)
+        q_at, k_at = offsets or (None, None)
+        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, None, scaling, q_at)
+        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, None, scaling, k_at)
     return q, k, v, a
 
 
 def _dense_graph(b: Any, node: Any, t: str, name: str) -> str:
     """One of the layer's dense sub-layers (query, key, value, output) applied to t."""
     y = b.op1("MatMul", [t, b.param(f"{name}.kernel")], tag=f"{name}/MatMul")
-    if node.attrs["use_bias"]:
+    use_bias = node.attrs["use_bias"]
+    if name == "output":  # Qwen2: biased q/k/v, unbiased output ("output_bias" only if it differs)
+        use_bias = node.attrs.get("output_bias", use_bias)
+    if use_bias:
         y = b.op1("Add", [y, b.param(f"{name}.bias")], tag=f"{name}/Add")
     return y
 
@@ -274,16 +292,86 @@ def _mha_decode_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x
 
 
 def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
-    q, k, v, a = _project_graph(b, node, ins[0], ins[0], (ctx.positions, ctx.padding))
+    q, k, v, a = _project_graph(b, node, ins[0], ins[0], ctx)
     a = replace(a, same_len=False, has_kpm=True, kpm_bool=False)
     past_k, past_v = ctx.past[ctx.index[node]]
-    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding)
-    window = node.attrs["window"]
+    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding,
+                                                 ctx.shared)
+    window = None if ctx.shared is not None else node.attrs["window"]  # shared: op's window
     ctx.present[ctx.index[node]] = (trim_to_window(b, present_k, window),
                                     trim_to_window(b, present_v, window))
     return [_dense_graph(b, node, out, "output")]
 
 
+# -- multi-head attention in step models and for the last query (see `_stream_plan.py`) -------
+
+
+def _mha_stream_check(node: Any, last_only: bool) -> str | None:
+    if node.inputs[1] is not None:
+        return "cross-attention reads a context that is not streamed; a step model runs " \
+               "self-attention only"
+    if node.inputs[2] is not None or node.inputs[3] is not None:
+        return "a key_padding_mask or mask input cannot follow a stream (every frame is real)"
+    if node.attrs["return_weights"]:
+        return "return_weights is for inspection; stream the model without it"
+    return None if last_only else looks_ahead_stream(node.attrs)
+
+
+def _mha_stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
+    keep = lookback(node.attrs, last_only)
+    length = "past" if keep is None else f"past_w{keep}"
+    kv, d = node.attrs["num_kv_heads"], node.attrs["head_dim"]
+    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, d)}
+
+
+def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x: np.ndarray,
+                    *_: Any) -> tuple[np.ndarray]:
+    last, keep = ctx.last_only(node), lookback(attrs, ctx.last_only(node))
+    positions = np.broadcast_to(ctx.positions, x.shape[:2])  # (B, S)
+    q, k, v = _heads_ref(attrs, p, x, x, positions)  # (B, H, S, D), rotated where they sit
+    key, value = ctx.key(node, "key"), ctx.key(node, "value")
+    k = np.concatenate([ctx.state[key], k], axis=2)  # (B, Hkv, P+S, D)
+    v = np.concatenate([ctx.state[value], v], axis=2)
+    out, _w = attention_reference(q[:, :, -1:] if last else q, k, v, causal=True, window=keep,
+                                  scale=attrs["scale"], softcap=attrs["softcap"])
+    if keep is not None:
+        k, v = k[:, :, -keep:], v[:, :, -keep:]
+    ctx.new_state[key], ctx.new_state[value] = k.astype(np.float32), v.astype(np.float32)
+    return (_dense(p, merge_heads(out), "output"),)  # (B, S or 1, out_dim)
+
+
+def _mha_stream_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
+    x, last = ins[0], ctx.last_only(node)
+    keep = lookback(node.attrs, last)
+    q_at = b.op1("Sub", [b.op1("Add", [ctx.frames, b.dim(x, 1)]), b.ints([1])]) if last \
+        else ctx.frames
+    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x,
+                                offsets=(q_at, ctx.frames))
+    past = ctx.state[ctx.key(node, "key")], ctx.state[ctx.key(node, "value")]
+    form = stream_last_query if last else stream_attention
+    out, present_k, present_v = form(b, a, q, k, v, *past, keep)
+    ctx.new_state[ctx.key(node, "key")] = present_k
+    ctx.new_state[ctx.key(node, "value")] = present_v
+    return [_dense_graph(b, node, out, "output")]
+
+
+def _mha_last_query(b: Any, node: Any, ins: list[str]) -> list[str]:
+    """The output at the last position only: one query against the last `lookback` keys."""
+    x, keep = ins[0], lookback(node.attrs, True)
+    keys = keep_last(b, x, keep, 1)  # (B, min(S, keep), E)
+    offsets = None
+    if node.attrs["rope"] is not None:  # q at S - 1, the keys at S - len .. S - 1
+        seq = b.dim(x, 1)
+        start = b.ints([0]) if keep is None else \
+            b.op1("Max", [b.op1("Sub", [seq, b.ints([keep])]), b.ints([0])])
+        offsets = (b.op1("Sub", [seq, b.ints([1])]), start)
+    q, k, v, a = _project_graph(b, node, slice_last(b, x), keys, offsets=offsets)
+    out = last_query_attention(b, a, q, to_heads(b, k, a.hkv, a.d), to_heads(b, v, a.hkv, a.dv))
+    return [_dense_graph(b, node, out, "output")]
+
+
 register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
          ort=_mha_lower, onnx=_mha_lower,
-         decode=DecodeForms(_mha_decode_ref, _mha_decode_lower, _mha_decode_check, _mha_cache))
+         decode=DecodeForms(_mha_decode_ref, _mha_decode_lower, _mha_decode_check, _mha_cache),
+         stream=StreamForms(_mha_stream_check, _mha_stream_state, _mha_stream_ref,
+                            _mha_stream_lower, _mha_last_query))
