@@ -31,7 +31,11 @@ from ._types import TensorType
 from ._validate import ValidationReport, validate
 from .analysis import AttentionReport, analyze, plot_attention
 from .blocks import feed_forward, transformer_block
+from .cost import AttentionCost, attention_cost
+from .factory import attention_module, get_attention, process_sequence
+from .genai import save_genai
 from .generation import generate, generate_stream
+from .importance import HeadImportance, head_importance
 from .layers import (
     add,
     concatenate,
@@ -57,17 +61,27 @@ from .layers import (
     tied_projection,
     timestep,
 )
+from .patterns import (
+    block_sparse_mask,
+    block_sparse_pattern,
+    causal_mask,
+    strided_mask,
+    strided_pattern,
+    window_mask,
+)
 from .position import alibi_bias, relative_position_bias
 from .recurrent import gru, lstm
 from .runtime import RuntimeFailure, Session
 
 __all__ = [
+    "AttentionCost",
     "AttentionReport",
     "AttnGraphError",
     "ConfigError",
     "ExportError",
     "FeedError",
     "GraphError",
+    "HeadImportance",
     "Model",
     "ParamError",
     "RuntimeFailure",
@@ -82,6 +96,11 @@ __all__ = [
     "add",
     "alibi_bias",
     "analyze",
+    "attention_cost",
+    "attention_module",
+    "block_sparse_mask",
+    "block_sparse_pattern",
+    "causal_mask",
     "concatenate",
     "dense",
     "dropout",
@@ -91,7 +110,9 @@ __all__ = [
     "gelu",
     "generate",
     "generate_stream",
+    "get_attention",
     "gru",
+    "head_importance",
     "input",
     "last_timestep",
     "layer_norm",
@@ -103,18 +124,23 @@ __all__ = [
     "multiply",
     "plot_attention",
     "positional_encoding",
+    "process_sequence",
     "relative_position_bias",
     "relu",
     "rms_norm",
+    "save_genai",
     "save_params",
     "scale",
     "scaled_dot_product_attention",
     "sigmoid",
     "silu",
     "softmax",
+    "strided_mask",
+    "strided_pattern",
     "tanh",
     "tied_projection",
     "timestep",
     "transformer_block",
     "validate",
+    "window_mask",
 ]

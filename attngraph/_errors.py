@@ -6,6 +6,7 @@ import os
 import sys
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_CLI_DIR = os.path.join(_PACKAGE_DIR, "cli")
 
 
 class AttnGraphError(Exception):
@@ -41,10 +42,17 @@ class UnsupportedError(ExportError):
 
 
 def caller_location() -> str:
-    """Return 'file.py:LINE' of the first stack frame outside the attngraph package."""
+    """Return 'file.py:LINE' of the first stack frame outside the attngraph package.
+
+    A call made by the command line itself (not by the user's model file it loaded) has no
+    user line to point at: then the result is "" (the CLI's message names the flag instead of
+    pointing at the console script's own `sys.exit(main())` line).
+    """
     frame = sys._getframe(1)
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
+        if path.startswith(_CLI_DIR + os.sep):
+            return ""
         if not path.startswith(_PACKAGE_DIR + os.sep):
             return f"{os.path.basename(path)}:{frame.f_lineno}"
         frame = frame.f_back  # type: ignore[assignment]

@@ -114,13 +114,27 @@ class Session:
         used = self._session.get_providers()
         return "cuda" if "CUDAExecutionProvider" in used else "cpu"
 
+    def buffer(self, shape: Sequence[int], dtype: str) -> Any:
+        """A zero-filled OrtValue on the model's device (a preallocated KV-cache buffer)."""
+        import onnxruntime as ort
+
+        if self.device == "cpu":
+            return ort.OrtValue.ortvalue_from_numpy(np.zeros(tuple(shape), dtype))
+        value = ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), np.dtype(dtype).type,
+                                                          "cuda", 0)
+        value.update_inplace(np.zeros(tuple(shape), dtype))
+        return value
+
     def run_bound(self, host: Mapping[str, np.ndarray], device: Mapping[str, Any], *,
-                  keep: Sequence[str], fetch: Sequence[str]) -> tuple[dict[str, np.ndarray],
-                                                                       dict[str, Any]]:
+                  keep: Sequence[str], fetch: Sequence[str],
+                  alias: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray],
+                                                                     dict[str, Any]]:
         """One run with onnxruntime I/O binding, for loops that feed outputs back (a KV cache):
         `host` numpy arrays are copied in, `device` values (from an earlier `keep`) are used
         where they are, `keep` outputs stay on the model's device as OrtValues, `fetch`
-        outputs come back as numpy. Feeds are not checked here (the caller builds them)."""
+        outputs come back as numpy; `alias` {input: output} binds the output to the input's
+        `device` value, which the model then updates in place (a shared KV buffer). Feeds are
+        not checked here (the caller builds them)."""
         binding = self._session.io_binding()
         try:
             for name, arr in host.items():
@@ -131,12 +145,15 @@ class Session:
                 binding.bind_output(name, self.device)
             for name in fetch:
                 binding.bind_output(name, "cpu")
+            for name, output in (alias or {}).items():  # after keep/fetch: outputs keep order
+                binding.bind_ortvalue_output(output, device[name])
             self._session.run_with_iobinding(binding)
         except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
             raise RuntimeFailure(f"Session.run_bound: onnxruntime failed: {exc}") from None
         values = binding.get_outputs()  # in the order bound
         kept = dict(zip(keep, values[: len(keep)]))
-        fetched = {name: v.numpy() for name, v in zip(fetch, values[len(keep):])}
+        fetched = {name: v.numpy()
+                   for name, v in zip(fetch, values[len(keep):len(keep) + len(fetch)])}
         return fetched, kept
 
     @property

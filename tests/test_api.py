@@ -12,7 +12,13 @@ import attngraph as ag
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
-PUBLIC = ["AttnGraphError", "ConfigError", "ExportError", "FeedError", "GraphError", "Model", "ParamError", "RuntimeFailure", "Session", "ShapeError", "Stream", "TensorType", "UnsupportedError", "ValidationReport", "Value", "__version__", "AttentionReport", "add", "alibi_bias", "analyze", "plot_attention", "concatenate", "dense", "dropout", "embedding", "export", "feed_forward", "gelu", "generate", "generate_stream", "gru", "input", "last_timestep", "layer_norm", "load_params", "lstm", "models", "mean_pool", "multi_head_attention", "multiply", "positional_encoding", "relative_position_bias", "relu", "rms_norm", "save_params", "scale", "scaled_dot_product_attention", "sigmoid", "silu", "softmax", "tanh", "tied_projection", "timestep", "transformer_block", "validate"]
+PUBLIC = ["AttnGraphError", "ConfigError", "ExportError", "FeedError", "GraphError", "Model", "ParamError", "RuntimeFailure", "Session", "ShapeError", "TensorType", "UnsupportedError", "ValidationReport", "Value", "__version__", "AttentionReport", "add", "alibi_bias", "analyze", "plot_attention", "concatenate", "dense", "dropout", "embedding", "export", "feed_forward", "gelu", "generate", "generate_stream", "gru", "input", "last_timestep", "layer_norm", "load_params", "lstm", "models", "mean_pool", "multi_head_attention", "multiply", "positional_encoding", "relative_position_bias", "relu", "rms_norm", "save_params", "scale", "scaled_dot_product_attention", "sigmoid", "silu", "softmax", "tanh", "tied_projection", "timestep", "transformer_block", "validate"]
+PUBLIC += ["block_sparse_mask", "block_sparse_pattern", "causal_mask", "strided_mask",
+           "strided_pattern", "window_mask", "AttentionCost", "attention_cost",
+           "attention_module", "get_attention", "process_sequence", "HeadImportance",
+           "head_importance"]
+PUBLIC += ["save_genai"]
+PUBLIC += ["Stream"]
 
 
 def test_public_api_snapshot() -> None:

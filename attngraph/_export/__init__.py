@@ -22,6 +22,7 @@ from .._decode import (
     cache_layers,
     past_names,
     present_names,
+    share_buffer_choice,
 )
 from .._errors import ExportError
 from .._io import atomic_write_bytes
@@ -55,6 +56,7 @@ def export(
     opset: int | None = None,
     dtype: str = "float32",
     kv_cache: bool = False,
+    share_buffer: bool | None = None,
     streaming: bool = False,
 ) -> onnx.ModelProto:
     """Lower `model` to ONNX with every attention layer as one fused node.
@@ -75,6 +77,10 @@ def export(
             every later step; sliding-window layers keep at most `window` positions. On
             "ort", onnxruntime's CPU GroupQueryAttention takes several new tokens after a
             non-empty cache only at batch 1.
+        share_buffer: (kv_cache) one preallocated past/present buffer per layer that
+            GroupQueryAttention updates in place (no copy of the cache per step; rows'
+            tokens at the front of the buffer, see `attngraph/_decode.py`). Default: on
+            "ort" when every cached layer has head_dim % 8 == 0 and no sliding window.
         streaming: export a step model (DESIGN §9): inputs are the next chunk of frames
             `[batch, chunk, ...]` plus `state.frames` and `state.<layer>.<part>`; outputs are
             the model's outputs for the chunk plus `new_state.*`. Run it with `ag.Stream`.
@@ -116,6 +122,7 @@ def export(
         raise ExportError("export: choose kv_cache=True (token decoders) or streaming=True "
                           "(step models), not both")
     layers = cache_layers(model, "export(kv_cache=True)") if kv_cache else None
+    shared = layers is not None and share_buffer_choice(layers, target, share_buffer)
     plan = stream_plan(model, "export(streaming=True)") if streaming else analyze(model)
     checked = check_params(model.param_specs, params)
 
@@ -126,7 +133,7 @@ def export(
     elif layers is None:
         graph_inputs, graph_outputs = _lower(b, model, dtype, plan)
     else:
-        graph_inputs, graph_outputs = _lower_cached(b, model, layers, dtype)
+        graph_inputs, graph_outputs = _lower_cached(b, model, layers, dtype, shared)
 
     graph = helper.make_graph(
         b.nodes, model.name, graph_inputs, graph_outputs, initializer=list(b.initializers.values())
@@ -147,6 +154,7 @@ def export(
         props["attngraph.kv_cache"] = json.dumps(
             [{"layer": x.name, "kv_heads": x.kv_heads, "head_dim": x.head_dim,
               "window": x.window} for x in layers], separators=(",", ":"))
+        props["attngraph.share_buffer"] = "true" if shared else "false"
     if streaming:
         props["attngraph.streaming"] = stream_metadata(plan)
     helper.set_model_props(proto, props)
@@ -218,10 +226,12 @@ def _lower(b: Builder, model: Model, dtype: str, plan: Plan) -> tuple[list[Any],
     return graph_inputs, graph_outputs
 
 
-def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer],
-                  dtype: str) -> tuple[list[Any], list[Any]]:
+def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer], dtype: str,
+                  shared: bool = False) -> tuple[list[Any], list[Any]]:
     """The decoder with a key/value cache (the convention of `_decode.py`)."""
-    types = cache_input_types(model, layers, dtype)
+    from ..ops._attention_cache import shared_lengths
+
+    types = cache_input_types(model, layers, dtype, shared)
     b.used_names.update(types)
     b.layer = "decoder"
     # positions of the new tokens: cumsum(attention_mask) - 1 (0 for padding), last S columns
@@ -231,7 +241,8 @@ def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer],
     pos = b.op1("Slice", [pos, b.op1("Neg", [seq]), b.ints([np.iinfo(np.int64).max]),
                           b.ints([1])], tag="positions")  # (B, S)
     ctx = Decode(index={x.node: i for i, x in enumerate(layers)}, positions=pos,
-                 padding=MASK, past=[past_names(i) for i in range(len(layers))])
+                 padding=MASK, past=[past_names(i) for i in range(len(layers))],
+                 shared=shared_lengths(b, MASK) if shared else None)
     (ids_value,) = model.inputs.values()
     names = {(id(ids_value.node), 0): IDS}
     _lower_nodes(b, model, names, ctx)
@@ -243,8 +254,8 @@ def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer],
         for src, key in zip(ctx.present[i], present_names(i)):
             _name_output(b, src, key)
             outputs.append(_value_info(
-                key, TensorType(dtype, ("batch", x.kv_heads, x.seq_dim("present_seq"),
-                                        x.head_dim)), dtype))
+                key, TensorType(dtype, ("batch", x.kv_heads, "present_seq" if shared else
+                                        x.seq_dim("present_seq"), x.head_dim)), dtype))
     return [_value_info(k, t, dtype) for k, t in types.items()], outputs
 
 

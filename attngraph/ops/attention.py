@@ -15,7 +15,7 @@ import numpy as np
 from .._decode import looks_ahead
 from .._registry import DecodeForms, StreamForms, register
 from .._types import INT_DTYPES, TensorType, same_dim
-from ._attention_cache import cached_attention, trim_to_window
+from ._attention_cache import cached_attention, decode_rope, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention
 from ._attention_math import attention_reference, merge_heads, split_heads
@@ -28,7 +28,7 @@ from ._attention_stream import (
     stream_last_query,
 )
 from ._attention_stream import looks_ahead as looks_ahead_stream
-from ._rope import rope_graph, rope_reference
+from ._rope import rope_graph, rope_parts, rope_reference
 from ._shapes import Fail, need_float
 
 
@@ -128,6 +128,11 @@ register("attention", infer=_sdpa_infer, reference=_sdpa_ref, decomposed=_sdpa_l
 # -- multi-head attention (one node, with its projections) -----------------------------------
 
 
+def value_dim(attrs: Any) -> int:
+    """Width Dv of a multi_head_attention layer's value heads (head_dim unless set)."""
+    return int(attrs.get("value_dim", attrs["head_dim"]))
+
+
 def _mha_infer(types: list[Any], attrs: Any, fail: Fail) -> list[TensorType]:
     x, ctx, kpm, mask = types
     need_float(x, "input", fail)
@@ -157,9 +162,9 @@ def _heads_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, src: np.ndar
     if attrs["qk_layernorm"]:
         q, k = _head_norm(q, p, "q_norm"), _head_norm(k, p, "k_norm")
     if attrs["rope"] is not None:
-        rotary_dim, base, interleaved = attrs["rope"]
-        q = rope_reference(q, rotary_dim, base, interleaved, positions)
-        k = rope_reference(k, rotary_dim, base, interleaved, positions)
+        rotary_dim, base, interleaved, scaling = rope_parts(attrs["rope"])
+        q = rope_reference(q, rotary_dim, base, interleaved, positions, scaling)
+        k = rope_reference(k, rotary_dim, base, interleaved, positions, scaling)
     return q, k, v
 
 
@@ -195,7 +200,7 @@ def _head_norm_graph(b: Any, x: str, heads: int, dim: int, name: str) -> str:
 
 
 def _project_graph(b: Any, node: Any, x: str, src: str,
-                   positions: tuple[str, str] | None = None,
+                   decode: Any = None,
                    offsets: tuple[str, str] | None = None) -> tuple[str, str, str, Attn]:
     """Projected q (B, Sq, Hq*D), k, v (B, Sk, Hkv*D) (normalised, rotated unless the fused
     op rotates them) and the layer's attention facts. `offsets`: q and k sit at positions
@@ -205,7 +210,7 @@ def _project_graph(b: Any, node: Any, x: str, src: str,
     same = ctx_value is None
     hq, hkv, d = attrs["num_heads"], attrs["num_kv_heads"], attrs["head_dim"]
     a = attn_facts(node, same or same_dim(x_type.shape[1], ctx_value.type.shape[1]) is True,
-                   hq, hkv, d, d)
+                   hq, hkv, d, value_dim(attrs))
     a = replace(a, cross=not same, rope=attrs["rope"])
 
     q, k, v = (_dense_graph(b, node, t, name)
@@ -213,19 +218,24 @@ def _project_graph(b: Any, node: Any, x: str, src: str,
     if attrs["qk_layernorm"]:
         q = _head_norm_graph(b, q, hq, d, "q_norm")
         k = _head_norm_graph(b, k, hkv, d, "k_norm")
-    if a.rope is not None and (positions is not None or offsets is not None
-                               or not uses_fused_rope(b, a)):
-        rotary_dim, base, interleaved = a.rope
+    if a.rope is not None and decode is not None:  # the new tokens at their positions
+        q = decode_rope(b, decode, q, hq, d, a.rope)
+        k = decode_rope(b, decode, k, hkv, d, a.rope)
+    elif a.rope is not None and (offsets is not None or not uses_fused_rope(b, a)):
+        rotary_dim, base, interleaved, scaling = rope_parts(a.rope)
         q_at, k_at = offsets or (None, None)
-        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, positions, q_at)
-        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, positions, k_at)
+        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, None, scaling, q_at)
+        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, None, scaling, k_at)
     return q, k, v, a
 
 
 def _dense_graph(b: Any, node: Any, t: str, name: str) -> str:
     """One of the layer's dense sub-layers (query, key, value, output) applied to t."""
     y = b.op1("MatMul", [t, b.param(f"{name}.kernel")], tag=f"{name}/MatMul")
-    if node.attrs["use_bias"]:
+    use_bias = node.attrs["use_bias"]
+    if name == "output":  # Qwen2: biased q/k/v, unbiased output ("output_bias" only if it differs)
+        use_bias = node.attrs.get("output_bias", use_bias)
+    if use_bias:
         y = b.op1("Add", [y, b.param(f"{name}.bias")], tag=f"{name}/Add")
     return y
 
@@ -255,6 +265,9 @@ def _mha_decode_check(node: Any) -> str | None:
                 "window (the last K positions)")
     if attrs["return_weights"]:
         return "return_weights is for inspection; export without it to decode with a cache"
+    if value_dim(attrs) != attrs["head_dim"]:
+        return (f"value_dim={value_dim(attrs)} differs from head_dim={attrs['head_dim']}; the "
+                "cache layout holds one head size for keys and values")
     return None
 
 
@@ -279,11 +292,12 @@ def _mha_decode_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x
 
 
 def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
-    q, k, v, a = _project_graph(b, node, ins[0], ins[0], (ctx.positions, ctx.padding))
+    q, k, v, a = _project_graph(b, node, ins[0], ins[0], ctx)
     a = replace(a, same_len=False, has_kpm=True, kpm_bool=False)
     past_k, past_v = ctx.past[ctx.index[node]]
-    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding)
-    window = node.attrs["window"]
+    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding,
+                                                 ctx.shared)
+    window = None if ctx.shared is not None else node.attrs["window"]  # shared: op's window
     ctx.present[ctx.index[node]] = (trim_to_window(b, present_k, window),
                                     trim_to_window(b, present_v, window))
     return [_dense_graph(b, node, out, "output")]

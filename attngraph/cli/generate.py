@@ -1,0 +1,93 @@
+"""`attngraph generate MODEL --prompt IDS`: decode tokens with a key/value cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from .._export import export
+from .._registry import TARGETS
+from ..runtime import Session
+from ._common import SPEC_HELP, CLIError, info, positive_int, providers
+from ._load import model_and_params, require_file
+
+EXAMPLE = 'generate out/decoder.onnx --prompt "5 17 3" -n 32'
+HELP = "generate tokens from prompts with a key/value cache"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command's options."""
+    p.add_argument("model", metavar="MODEL", help="a cached decoder .onnx (export --kv-cache), "
+                   "or " + SPEC_HELP)
+    p.add_argument("--prompt", action="append", required=True, metavar="IDS",
+                   help="token ids, e.g. '5 17 3' (repeat for a batch; shorter prompts are "
+                   "left-padded)")
+    p.add_argument("-n", "--max-new-tokens", type=positive_int, default=20)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--eos", type=int, default=None, metavar="ID", help="stop token")
+    p.add_argument("--seed", type=int, default=0, help="seed for init and sampling (0)")
+    p.add_argument("--params", metavar="PARAMS", help="parameters for a FILE.py model")
+    p.add_argument("--target", choices=("reference", *TARGETS), default="ort",
+                   help="for a FILE.py model: export target, or the numpy reference")
+    p.add_argument("--providers", type=providers, default=None, metavar="EP,...")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate from one or more prompts; tokens stream to stdout as they come (one line per
+    prompt), speed goes to stderr."""
+    from ..generation import generate_stream
+
+    prompts = [_token_list(text) for text in args.prompt]
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), width), np.int64)
+    mask = np.zeros((len(prompts), width), np.int64)
+    for row, prompt in enumerate(prompts):  # left padding
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    if args.model.endswith(".onnx"):
+        require_file(args.model, "the .onnx decoder")
+        source: Any = Session(args.model, args.providers)
+        params = None
+    else:
+        model, params = model_and_params(args)
+        if args.target == "reference":
+            source = model
+        else:
+            source = Session(export(model, params, target=args.target, kv_cache=True),
+                             args.providers)
+            params = None
+    stream = generate_stream(source, ids, args.max_new_tokens, params=params,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             seed=args.seed, eos_token_id=args.eos, attention_mask=mask)
+    start, steps, rows = time.perf_counter(), 0, [list(p) for p in prompts]
+    for tokens in stream:
+        steps += 1
+        for row, token in enumerate(tokens):
+            rows[row].append(int(token))
+        if len(prompts) == 1:
+            print(("" if steps > 1 else " ".join(map(str, prompts[0])) + " |") + f" {tokens[0]}",
+                  end="", flush=True)
+    elapsed = time.perf_counter() - start
+    if len(prompts) == 1:
+        print()
+    else:
+        for tokens_of_row in rows:
+            print(" ".join(map(str, tokens_of_row)))
+    sys.stdout.flush()
+    info(f"{steps} step(s) x {len(prompts)} prompt(s) in {elapsed:.3f} s "
+         f"({steps * len(prompts) / max(elapsed, 1e-9):.1f} tok/s)")
+    return 0
+
+
+def _token_list(text: str) -> list[int]:
+    parts = text.replace(",", " ").split()
+    if not parts or not all(p.isdigit() for p in parts):
+        raise CLIError(f"--prompt expects token ids separated by spaces or commas, given "
+                       f"{text!r}")
+    return [int(p) for p in parts]
