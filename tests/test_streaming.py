@@ -309,3 +309,25 @@ def test_last_query_with_rope_and_a_window(target: str) -> None:
         got = stream.step({"x": frames[:, t - size:t]})["output"]
         np.testing.assert_allclose(got, model.predict(params, {"x": frames[:, :t]})["output"],
                                    atol=ATOL)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_value_dim_streams(target: str) -> None:
+    """Value heads narrower than key heads: the value cache has its own width."""
+    x = ag.input("x", ("batch", "seq", 12))
+    y = ag.multi_head_attention(x, num_heads=2, head_dim=8, value_dim=5, window=3, name="att")
+    model = ag.Model(x, {"y": y, "last": ag.last_timestep(ag.multi_head_attention(
+        x, num_heads=2, head_dim=8, value_dim=3, name="lastq"))})
+    params = model.init(seed=4)
+    frames = np.random.default_rng(2).standard_normal((2, 9, 12)).astype(np.float32)
+    proto = ag.export(model, params, target=target, streaming=True)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in proto.graph.input}
+    assert dims["state.att.value"] == ["batch", 2, "past_w3", 5]
+    assert dims["state.lastq.value"] == ["batch", 2, "past", 3]
+    stream = ag.Stream(ag.Session(proto, ["CPUExecutionProvider"]))
+    for t, size in ((2, 2), (3, 1), (9, 6)):
+        got = stream.step({"x": frames[:, t - size:t]})
+        want = model.predict(params, {"x": frames[:, :t]})
+        np.testing.assert_allclose(got["y"], want["y"][:, -size:], atol=ATOL)
+        np.testing.assert_allclose(got["last"], want["last"], atol=ATOL)

@@ -321,7 +321,8 @@ def _mha_stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
     keep = lookback(node.attrs, last_only)
     length = "past" if keep is None else f"past_w{keep}"
     kv, d = node.attrs["num_kv_heads"], node.attrs["head_dim"]
-    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, d)}
+    return {"key": ("batch", kv, length, d),
+            "value": ("batch", kv, length, value_dim(node.attrs))}
 
 
 def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x: np.ndarray,
