@@ -369,3 +369,26 @@ def test_cli_export_streaming_and_stream(capsys: Any, tmp_path: Any) -> None:
     assert main(["stream", plain]) == 2
     err = capsys.readouterr().err
     assert "streaming=True" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["realtime_sliding_window", "realtime_hybrid"])
+def test_realtime_example_step_models_match_exported_bytes(name: str, tmp_path: Any) -> None:
+    import hashlib
+    import json
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "examples"))
+    import realtime
+
+    model, params = realtime.MODELS[name]()
+    with open(os.path.join(root, "exported", "MANIFEST.json")) as f:
+        manifest = json.load(f)
+    for target in TARGETS:
+        filename = f"{name}.{target}.onnx"
+        ag.export(model, params, tmp_path / filename, target=target, streaming=True)
+        data = (tmp_path / filename).read_bytes()
+        with open(os.path.join(root, "exported", filename), "rb") as f:
+            assert data == f.read(), f"{filename} differs from exported/ (run `make export`)"
+        assert manifest[filename]["sha256"] == hashlib.sha256(data).hexdigest()
