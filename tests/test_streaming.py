@@ -392,3 +392,20 @@ def test_realtime_example_step_models_match_exported_bytes(name: str, tmp_path: 
         with open(os.path.join(root, "exported", filename), "rb") as f:
             assert data == f.read(), f"{filename} differs from exported/ (run `make export`)"
         assert manifest[filename]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_token_ids_stream(target: str) -> None:
+    """Int inputs stream too: a small GPT (learned positions, tied head) chunk by chunk."""
+    model = ag.models.gpt(vocab_size=37, n_positions=40, n_embd=24, n_layer=2, n_head=3)
+    params = model.init(seed=6)
+    ids = np.random.default_rng(3).integers(0, 37, (2, 17))
+    stream = ag.Stream(ag.Session(ag.export(model, params, target=target, streaming=True),
+                                  ["CPUExecutionProvider"]))
+    (key,), (out,) = model.inputs, model.outputs
+    t = 0
+    for size in (5, 1, 4, 7):
+        got = stream.step({key: ids[:, t:t + size]})[out]
+        t += size
+        want = model.predict(params, {key: ids[:, :t]})[out][:, -size:]
+        np.testing.assert_allclose(got, want, atol=ATOL)
