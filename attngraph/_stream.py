@@ -201,7 +201,7 @@ class _Bound:
             for name in self.outputs:
                 binding.bind_output(name, "cpu")
             for name, arr in arrays.items():
-                binding.bind_cpu_input(name, arr)
+                binding.bind_cpu_input(name, np.ascontiguousarray(arr))
             self.session.session.run_with_iobinding(binding)
         except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
             raise RuntimeFailure(f"Stream.step: onnxruntime failed: {exc}") from None

@@ -237,6 +237,14 @@ def looking_ahead() -> dict[str, tuple[ag.Model, str]]:
     }
 
 
+def test_a_fixed_sequence_length_is_refused() -> None:
+    model = ag.models.sliding_window(embed_dim=6, window_size=3, num_heads=2, head_dim=4,
+                                     num_layers=1, ffn_dim=5, seq_len=12)
+    with pytest.raises(ag.UnsupportedError, match="input 'input'.*symbolic seq dim.*"
+                                                  "test_streaming.py"):
+        ag.export(model, model.init(), streaming=True)
+
+
 @pytest.mark.parametrize("case", list(looking_ahead()))
 def test_models_that_look_ahead_are_refused_naming_the_layer(case: str) -> None:
     model, layer = looking_ahead()[case]
