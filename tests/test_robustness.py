@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+import attngraph as ag
 from attngraph.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,8 +159,8 @@ def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
     with open(os.path.join(REPO, ".ci", "min-versions.txt")) as f:
         pins = dict(line.strip().split("==") for line in f
                     if line.strip() and not line.startswith("#"))
-    assert {k: _release(v) for k, v in pins.items()} == {
-        k: _release(v) for k, v in floors.items()}  # `make test-min` installs exactly the oldest versions allowed
+    # `make test-min` installs exactly the oldest versions allowed
+    assert {k: _release(v) for k, v in pins.items()} == {k: _release(v) for k, v in floors.items()}
     for name, floor in floors.items():
         assert _release(version(name)) >= _release(floor), (name, version(name), floor)
     # onnxruntime < 1.30 rejects GroupQueryAttention's `causal` attribute and gives NaN or
@@ -168,3 +170,61 @@ def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
     with open(os.path.join(REPO, "Makefile")) as f:
         makefile = f.read()
     assert "test-min:" in makefile and ".ci/min-versions.txt" in makefile
+
+
+# -- item 4: parameter dtypes ---------------------------------------------------------------
+
+
+def _dense_model() -> ag.Model:
+    x = ag.input("x", ("batch", 5))
+    return ag.Model(x, ag.dense(x, 3, name="proj"))
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "uint8", "int8", "bool", "complex64"])
+def test_non_float_kernels_are_refused_everywhere(tmp_path, dtype: str) -> None:
+    model = _dense_model()
+    params = model.init(seed=1)
+    params["proj.kernel"] = np.ones((5, 3), dtype=dtype)
+    feeds = {"x": np.ones((2, 5), np.float32)}
+    for call in (lambda: model.predict(params, feeds), lambda: ag.export(model, params)):
+        with pytest.raises(ag.ParamError, match=rf"'proj.kernel': expected a float array.*"
+                           rf"given dtype {dtype}.*dense defined at test_robustness.py:\d+"):
+            call()
+    if dtype != "complex64":  # safetensors stores the rest; loading with the model refuses
+        path = tmp_path / "p.safetensors"
+        ag.save_params(params, path)
+        with pytest.raises(ag.ParamError, match="quantized|expected a float array"):
+            ag.load_params(path, model)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_float_kernels_of_other_widths_are_converted(dtype: str) -> None:
+    model = _dense_model()
+    params = model.init(seed=1)
+    params["proj.kernel"] = params["proj.kernel"].astype(dtype)
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, 5)).astype(np.float32)}
+    exact = {k: v.astype(np.float32) for k, v in params.items()}
+    got, want = model.predict(params, feeds), model.predict(exact, feeds)
+    np.testing.assert_array_equal(next(iter(got.values())), next(iter(want.values())))
+    proto = ag.export(model, params)
+    kernel = next(t for t in proto.graph.initializer if t.name == "proj.kernel")
+    assert kernel.data_type == 1  # FLOAT
+
+
+# -- item 10: save_params of things that are not arrays ------------------------------------
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"a": "hello"}, "'a' is not a numeric array (given str)"),
+    ({"a": np.array(["x", "y"])}, "'a' is not a numeric array"),
+    ({"a": [{}]}, "'a' is not a numeric array"),
+    ({1: np.ones(2)}, "name 1 is not a string"),
+    ([np.ones(2)], "must be a dict"),
+])
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_save_params_refuses_non_arrays(tmp_path, params: object, needle: str,
+                                        suffix: str) -> None:
+    path = tmp_path / f"p{suffix}"
+    with pytest.raises(ag.ParamError, match=re.escape(needle)):
+        ag.save_params(params, path)  # type: ignore[arg-type]
+    assert not path.exists()
