@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._errors import FeedError, layer_message
 from ._feeds import check_feeds
 from ._params import check_params
 from ._registry import OPS
@@ -49,6 +50,10 @@ def run_nodes(model: Model, params: Mapping[str, np.ndarray], inputs: Mapping[st
         if decode is not None and op.decode is not None:
             outs = op.decode.reference(node.attrs, local, decode, node, *args)
         else:
+            problem = op.check(node.attrs, *args) if op.check is not None else None
+            if problem is not None:
+                raise FeedError(layer_message(node.op, model.name_of(node), problem,
+                                              node.location))
             outs = op.reference(node.attrs, local, *args)
         if not isinstance(outs, tuple):
             outs = (outs,)

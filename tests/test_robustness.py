@@ -228,3 +228,53 @@ def test_save_params_refuses_non_arrays(tmp_path, params: object, needle: str,
     with pytest.raises(ag.ParamError, match=re.escape(needle)):
         ag.save_params(params, path)  # type: ignore[arg-type]
     assert not path.exists()
+
+
+# -- item 5: masks with symbolic dims ---------------------------------------------------------
+
+
+def test_2d_mask_over_batch_is_refused_at_build_time_with_a_hint() -> None:
+    x = ag.input("x", ("batch", "seq", 16))
+    m = ag.input("m", ("batch", "seq"), "bool")
+    with pytest.raises(ag.AttnGraphError, match=r"multi_head_attention 'attn': mask must "
+                       r"broadcast .* given bool\[batch,seq\]; .*goes in key_padding_mask=.*"
+                       r"defined at test_robustness.py:\d+"):
+        ag.multi_head_attention(x, num_heads=2, mask=m, name="attn")
+    # a [q_seq, kv_seq] mask (or one that broadcasts) is fine
+    ok = ag.input("ok", ("seq", "seq"), "bool")
+    ag.multi_head_attention(x, num_heads=2, mask=ok, name="attn2")
+
+
+def test_padding_mask_checked_at_predict_time_when_dims_are_symbolic() -> None:
+    x = ag.input("x", ("batch", "seq", 16))
+    kpm = ag.input("kpm", ("batch", 7), "bool")
+    model = ag.Model([x, kpm], ag.multi_head_attention(x, num_heads=2, key_padding_mask=kpm,
+                                                       name="attn"))
+    params = model.init(seed=2)
+    r = np.random.default_rng(0)
+    good = {"x": r.standard_normal((2, 7, 16)).astype(np.float32), "kpm": np.ones((2, 7), bool)}
+    assert next(iter(model.predict(params, good).values())).shape == (2, 7, 16)
+    bad = {"x": r.standard_normal((2, 5, 16)).astype(np.float32), "kpm": np.ones((2, 7), bool)}
+    with pytest.raises(ag.FeedError, match=r"multi_head_attention 'attn': key_padding_mask must "
+                       r"be \[batch, kv_seq\] = \[2,5\] for these feeds, given \[2, 7\] "
+                       r"\(defined at test_robustness.py:\d+\)"):
+        model.predict(params, bad)
+    with pytest.raises(ag.FeedError, match="'attn'"):
+        ag.validate(model, params, bad, targets=("decomposed",))
+
+
+def test_sdpa_mask_checked_at_predict_time_with_a_hint() -> None:
+    q = ag.input("q", ("batch", 3, "sq", 8))
+    kv = ag.input("kv", ("batch", 3, "sk", 8))
+    m = ag.input("m", ("b2", "sk"), "bool")  # a padding mask passed as mask=
+    model = ag.Model([q, kv, m], ag.scaled_dot_product_attention(q, kv, kv, mask=m, name="sd"))
+    r = np.random.default_rng(1)
+    feeds = {"q": r.standard_normal((2, 3, 5, 8)).astype(np.float32),
+             "kv": r.standard_normal((2, 3, 4, 8)).astype(np.float32),
+             "m": np.ones((2, 4), bool)}
+    with pytest.raises(ag.FeedError, match=r"attention 'sd': mask must broadcast to \[batch, "
+                       r"heads, q_seq, kv_seq\] = \[2,3,5,4\] for these feeds, given \[2, 4\]; "
+                       r".*key_padding_mask="):
+        model.predict({}, feeds)
+    feeds["m"] = np.ones((5, 4), bool)  # [q_seq, kv_seq] is what it broadcasts from
+    assert model.predict({}, feeds)["output"].shape == (2, 3, 5, 8)
