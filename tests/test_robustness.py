@@ -278,3 +278,47 @@ def test_sdpa_mask_checked_at_predict_time_with_a_hint() -> None:
         model.predict({}, feeds)
     feeds["m"] = np.ones((5, 4), bool)  # [q_seq, kv_seq] is what it broadcasts from
     assert model.predict({}, feeds)["output"].shape == (2, 3, 5, 8)
+
+
+# -- item 7: onnxruntime's errors in our words, and its logger quiet ---------------------------
+
+
+@pytest.fixture(scope="module")
+def small_gpt(tmp_path_factory) -> tuple[ag.Model, dict[str, np.ndarray], str]:
+    model = ag.models.gpt(vocab_size=50, n_positions=11, n_embd=16, n_layer=1, n_head=2)
+    params = model.init(seed=4)
+    path = str(tmp_path_factory.mktemp("gpt") / "g.onnx")
+    ag.export(model, params, path)
+    return model, params, path
+
+
+@pytest.mark.parametrize("target", ["ort", "decomposed"])
+def test_onnxruntime_failures_name_the_layer_and_log_nothing(
+        small_gpt, target: str, capfd: pytest.CaptureFixture[str]) -> None:
+    model, params, _ = small_gpt
+    session = ag.Session(model, params=params, target=target)
+    long_ids = np.ones((2, 13), np.int64)
+    with pytest.raises(ag.AttnGraphError, match=r"^Session.run: positional_encoding 'wpe': "
+                       r"sequence length 13 exceeds max_len=11"):
+        session.run({"input_ids": long_ids})
+    with pytest.raises(ag.AttnGraphError, match=r"^Session.run: embedding 'wte': ids must lie "
+                       r"in \[0, 50\), given 300$"):
+        session.run({"input_ids": np.array([[1, 2, 300]])})
+    out, err = capfd.readouterr()  # file-descriptor level: onnxruntime's C++ logger included
+    assert "onnxruntime" not in err and "\x1b[" not in err and out == "", err
+    # the reference says the same things, naming the same layers
+    with pytest.raises(ag.FeedError, match=r"positional_encoding 'wpe': sequence length 13 "
+                       r"exceeds max_len=11 \(defined at test_robustness.py:\d+\)"):
+        model.predict(params, {"input_ids": long_ids})
+    with pytest.raises(ag.FeedError, match=r"embedding 'wte': ids must lie in \[0, 50\)"):
+        model.predict(params, {"input_ids": np.array([[1, 2, 300]])})
+
+
+def test_cli_run_past_max_positions_is_one_clear_line(small_gpt, tmp_path) -> None:
+    _, _, path = small_gpt
+    result = subprocess.run([sys.executable, "-m", "attngraph", "run", path, "--seq", "40"],
+                            check=False, capture_output=True, text=True, cwd=str(tmp_path),
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == ("error: Session.run: positional_encoding 'wpe': sequence length 40 "
+                             "exceeds max_len=11 (the positions it was built with)\n")
