@@ -322,3 +322,68 @@ def test_cli_run_past_max_positions_is_one_clear_line(small_gpt, tmp_path) -> No
     assert result.returncode == 2
     assert result.stderr == ("error: Session.run: positional_encoding 'wpe': sequence length 40 "
                              "exceeds max_len=11 (the positions it was built with)\n")
+
+
+# -- item 8: generate's progress bar never shares the terminal line with the tokens ---------------
+
+LONG_DECODER = '''
+import attngraph as ag
+
+def build():
+    return ag.models.gpt(vocab_size=30, n_positions=300, n_embd=8, n_layer=1, n_head=1)
+'''
+
+
+class _Terminal:
+    """Stands in for a terminal that both sys.stdout and sys.stderr write to."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    def screen(self) -> list[str]:
+        """The lines a terminal would show: '\r' returns to column 0 and overwrites."""
+        lines, row, col = [""], 0, 0
+        for ch in re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", self.text):
+            if ch == "\n":
+                row, col = row + 1, 0
+                lines += [""] * (row + 1 - len(lines))
+            elif ch == "\r":
+                col = 0
+            else:
+                line = lines[row].ljust(col)
+                lines[row] = line[:col] + ch + line[col + 1:]
+                col += 1
+        return [line.rstrip() for line in lines if line.strip()]
+
+
+@pytest.mark.parametrize("prompts", [["1 2"], ["1 2", "3"]])
+def test_generate_progress_bar_stays_off_the_token_line(tmp_path, monkeypatch,
+                                                        prompts: list[str]) -> None:
+    spec = _write(tmp_path, "long.py", LONG_DECODER)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["generate", spec, "--target", "reference", "-n", "260"]
+    for prompt in prompts:
+        argv += ["--prompt", prompt]
+    assert main(argv) == 0
+    screen = terminal.screen()
+    # each prompt's row intact on its own line (prompt, then 260 tokens), then the speed line
+    assert len(screen) == len(prompts) + 1, screen
+    for line, prompt in zip(screen, prompts):
+        ids = line.replace("|", " ").split()
+        assert ids[:len(prompt.split())] == prompt.split() and len(ids) == len(prompt.split()) \
+            + 260 and all(i.isdigit() for i in ids), line
+    assert screen[-1].endswith("tok/s)")
+    if len(prompts) > 1:  # a batch prints at the end: a bar showed meanwhile, then was cleared
+        assert "generate:" in terminal.text
