@@ -181,7 +181,7 @@ def test_cli_export_genai(tmp_path, capsys) -> None:
                  "--share-buffer", "off"]) == 0
     config = json.loads((tmp_path / "g2" / "genai_config.json").read_text())
     assert config["search"]["past_present_share_buffer"] is False
-    assert main(["export", str(path)]) == 2
-    assert "needs -o OUT.onnx or --genai DIR" in capsys.readouterr().err
+    assert main(["export", str(path), "--tokenizer", str(tok)]) == 2
+    assert "--tokenizer goes with --genai DIR" in capsys.readouterr().err
     assert main(["export", str(path), "-o", str(tmp_path / "m.onnx"), "--tokenizer",
                  str(tok)]) == 2

@@ -8,9 +8,10 @@ import os
 from .._export import export
 from .._registry import TARGETS
 from ._common import CLIError, human_size, model_options
-from ._load import model_and_params
+from ._hf import folder_name, is_hf
+from ._load import model_and_params, split_spec
 
-EXAMPLE = "export model.py -o out/model.onnx --target ort"
+EXAMPLE = "export model.py -o out/model.onnx --target ort   (or: export hf:DIR --kv-cache)"
 HELP = "export a model to an ONNX file"
 FUSED_ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention", "Attention"})
 
@@ -18,7 +19,8 @@ FUSED_ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention", "A
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options."""
     model_options(p, params=True)
-    p.add_argument("-o", "--output", metavar="OUT.onnx", help="required unless --genai")
+    p.add_argument("-o", "--output", metavar="OUT.onnx", help="default: the model file's or "
+                   "checkpoint folder's name + .onnx, here (none when only --genai is given)")
     p.add_argument("--target", choices=TARGETS, default="ort")
     p.add_argument("--opset", type=int, default=None, help="default: 23 (ort, onnx), 17 "
                    "(decomposed)")
@@ -35,8 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export to ONNX and print one line: path, target, opset, nodes, fused attention, size."""
-    if args.output is None and args.genai is None:
-        raise CLIError("export needs -o OUT.onnx or --genai DIR")
     if args.tokenizer is not None and args.genai is None:
         raise CLIError("--tokenizer goes with --genai DIR")
     share = {"auto": None, "on": True, "off": False}[args.share_buffer]
@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
               f"{'on' if shared else 'off'})" + (", tokenizer files" if args.tokenizer else ""))
         if args.output is None:
             return 0
+    if args.output is None:
+        stem = folder_name(args.model) if is_hf(args.model) else \
+            os.path.splitext(os.path.basename(split_spec(args.model)[0]))[0]
+        args.output = f"{stem}.onnx"
     proto = export(model, params, args.output, target=args.target, opset=args.opset,
                    dtype=args.dtype, kv_cache=args.kv_cache,
                    share_buffer=share if args.kv_cache else None)
