@@ -150,7 +150,9 @@ class _Bound:
         self.inputs = {n: t for n, t in session.inputs.items() if n not in states}
         self.batch_dim = next(iter(self.inputs.values())).shape[0]
         self.outputs = [n for n in session.output_names if not n.startswith(STATE_OUT)]
-        self.state: dict[str, Any] = {}
+        self.keep = [STATE_OUT + n[len(STATE_IN):] for n in states]
+        self.state: list[Any] = []  # OrtValues, in the order of self.states
+        self.binding: Any = None
 
     def _initial(self, batch: int) -> dict[str, np.ndarray]:
         host = {}
@@ -163,20 +165,38 @@ class _Bound:
 
     def step(self, arrays: dict[str, np.ndarray], batch: int, seen: int,
              size: int) -> dict[str, np.ndarray]:
+        from .runtime import RuntimeFailure
+
         check_frames(self.max_frames, seen, size, "Stream.step")
-        host = dict(arrays)
-        if not self.state:
-            host.update(self._initial(batch))
-        keep = [STATE_OUT + n[len(STATE_IN):] for n in self.states]
-        fetched, kept = self.session.run_bound(host, self.state, keep=keep, fetch=self.outputs)
-        self.state = {n: kept[k] for n, k in zip(self.states, keep)}
-        return fetched
+        binding = self.binding
+        try:
+            if binding is None:  # a fresh stream: zero state from the host
+                binding = self.session.session.io_binding()
+                for name, arr in self._initial(batch).items():
+                    binding.bind_cpu_input(name, arr)
+            else:  # last step's new state, where it is; outputs are allocated anew
+                for name, value in zip(self.states, self.state):
+                    binding.bind_ortvalue_input(name, value)
+                binding.clear_binding_outputs()
+            for name in self.keep:
+                binding.bind_output(name, self.session.device)
+            for name in self.outputs:
+                binding.bind_output(name, "cpu")
+            for name, arr in arrays.items():
+                binding.bind_cpu_input(name, arr)
+            self.session.session.run_with_iobinding(binding)
+        except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
+            raise RuntimeFailure(f"Stream.step: onnxruntime failed: {exc}") from None
+        self.binding = binding
+        values = binding.get_outputs()  # in the order bound: state, then outputs
+        self.state = values[: len(self.keep)]
+        return {name: v.numpy() for name, v in zip(self.outputs, values[len(self.keep):])}
 
     def reset(self) -> None:
-        self.state = {}
+        self.state, self.binding = [], None
 
     def state_bytes(self) -> int:
-        return sum(int(np.prod(v.shape())) * _ITEM[v.data_type()] for v in self.state.values())
+        return sum(int(np.prod(v.shape())) * _ITEM[v.data_type()] for v in self.state)
 
 
 __all__ = ["Stream"]

@@ -22,7 +22,9 @@ every export), which removes its O(S^2) work and lets bidirectional attention st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,18 @@ if TYPE_CHECKING:
 FRAMES = "frames"
 STATE_IN, STATE_OUT = "state.", "new_state."
 _ENDS_TIME = ("last_timestep", "timestep", "mean_pool")  # ops whose output has no time axis
+_LAST_QUERY = contextvars.ContextVar("last_query", default=True)
+
+
+@contextlib.contextmanager
+def every_query() -> Iterator[None]:
+    """Inside the block, ordinary exports evaluate every query of every attention layer (the
+    form before last-query evaluation; benchmarks compare the two)."""
+    token = _LAST_QUERY.set(False)
+    try:
+        yield
+    finally:
+        _LAST_QUERY.reset(token)
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,7 @@ def analyze(model: Model) -> Plan:
             timed.update((node, i) for i in range(len(node.out_types)))
     outputs = {v.node for v in model.outputs.values()}
     last: set[Node] = set()
-    for node in reversed(model.nodes):
+    for node in reversed(model.nodes if _LAST_QUERY.get() else []):
         if node.op == "input" or (node, 0) not in timed or node in outputs or \
                 len(node.out_types) != 1:
             continue
@@ -173,6 +187,7 @@ class Step:
     positions: Any  # (S,) int64 absolute positions of the chunk's frames (reference only)
     state: Mapping[str, Any]  # "<layer>.<part>" -> carried state
     new_state: dict[str, Any] = field(default_factory=dict)
+    shared: dict[Any, Any] = field(default_factory=dict)  # tensors every layer may reuse
 
     def key(self, node: Node, part: str) -> str:
         return f"{self.plan.model.name_of(node)}.{part}"

@@ -7,7 +7,8 @@ Two shapes, batch 1, greedy, the same weights everywhere (made by transformers w
     llama  4-layer, 512-wide Llama with GQA (8 query / 2 key-value heads of 64, MLP 1408,
            vocabulary 8000)
 For each context (512, 2048) a prompt of that many tokens is decoded; the prefill and the
-first token are excluded, then the following tokens are timed. Columns:
+first token are excluded, then each following token is timed; tok/s is 1 / the median token
+time (robust to a busy spell on a shared machine; the mean is recorded too). Columns:
 
     cached     ag.generate on `ag.save_genai`'s model.onnx (`export(..., kv_cache=True)`; "ort":
                GroupQueryAttention writing one preallocated shared past/present buffer in place)
@@ -68,14 +69,19 @@ BUDGET_S = 6.0  # time allowed for the recompute baseline per cell
 
 
 def hf_model(shape: str) -> tuple[Any, ag.Model, dict[str, np.ndarray]]:
-    """The transformers model of SHAPES[shape] (seed 0), the attngraph model and its params."""
-    import torch
-    import transformers as tf
+    """The transformers model of SHAPES[shape] (seed 0), the attngraph model and its params
+    (without torch / transformers: None and model.init(seed=0); the hf column then fails)."""
+    cfg = SHAPES[shape]
+    try:
+        import torch
+        import transformers as tf
+    except ImportError:
+        model = ag.models.gpt(**cfg) if shape == "gpt" else ag.models.llama(**cfg)
+        return None, model, model.init(seed=0)
 
     from attngraph.models.hf import load_hf_weights
 
     torch.manual_seed(0)
-    cfg = SHAPES[shape]
     if shape == "gpt":
         config = tf.GPT2Config(**cfg, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                bos_token_id=0, eos_token_id=0)
@@ -90,17 +96,18 @@ def hf_model(shape: str) -> tuple[Any, ag.Model, dict[str, np.ndarray]]:
     return hf, model, load_hf_weights(shape, state, model)
 
 
-def timed_ag(source: Any, prompt: np.ndarray, n: int) -> float:
-    """Seconds for n tokens after the prefill and first token."""
+def timed_ag(source: Any, prompt: np.ndarray, n: int) -> list[float]:
+    """Seconds of each of n tokens after the prefill and first token."""
     stream = ag.generate_stream(source, prompt, n + 1, progress=False)
     next(stream)
-    start = time.perf_counter()
-    count = sum(1 for _ in stream)
-    assert count == n
-    return time.perf_counter() - start
+    times = [time.perf_counter()]
+    for _ in stream:
+        times.append(time.perf_counter())
+    assert len(times) == n + 1
+    return list(np.diff(times))
 
 
-def timed_hf(model: Any, prompt: np.ndarray, n: int) -> float:
+def timed_hf(model: Any, prompt: np.ndarray, n: int) -> list[float]:
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -121,10 +128,10 @@ def timed_hf(model: Any, prompt: np.ndarray, n: int) -> float:
                        min_new_tokens=n + 1, do_sample=False, use_cache=True, pad_token_id=0,
                        streamer=clock)
     assert len(clock.times) == n + 2
-    return clock.times[-1] - clock.times[1]
+    return list(np.diff(clock.times[1:]))
 
 
-def timed_genai(folder: str, prompt: np.ndarray, n: int) -> tuple[float, list[int]]:
+def timed_genai(folder: str, prompt: np.ndarray, n: int) -> tuple[list[float], list[int]]:
     import onnxruntime_genai as og
 
     model = og.Model(folder)
@@ -134,30 +141,37 @@ def timed_genai(folder: str, prompt: np.ndarray, n: int) -> tuple[float, list[in
     generator = og.Generator(model, params)
     generator.append_tokens(prompt)
     generator.generate_next_token()
-    start = time.perf_counter()
+    times = [time.perf_counter()]
     for _ in range(n):
         generator.generate_next_token()
-    elapsed = time.perf_counter() - start
-    return elapsed, [int(t) for t in generator.get_sequence(0)[prompt.shape[1]:]]
+        times.append(time.perf_counter())
+    return list(np.diff(times)), [int(t) for t in generator.get_sequence(0)[prompt.shape[1]:]]
 
 
-def cell(shape: str, ctx: int, column: str, folder: str) -> dict[str, Any]:
+def cell(shape: str, ctx: int, column: str, folder: str, threads: int) -> dict[str, Any]:
     hf, model, params = hf_model(shape)
+    if hf is not None and threads:
+        import torch
+
+        torch.set_num_threads(threads)
     prompt = np.random.default_rng(ctx).integers(0, 8000, (1, ctx))
     out: dict[str, Any] = {}
     n = NEW_TOKENS
     if column in ("cached", "copying"):
-        source: Any = (ag.Session(os.path.join(folder, "model.onnx")) if column == "cached" else
-                       ag.Session(ag.export(model, params, kv_cache=True, share_buffer=False)))
+        source: Any = ag.Session(
+            os.path.join(folder, "model.onnx") if column == "cached" else
+            ag.export(model, params, kv_cache=True, share_buffer=False), threads=threads or None)
         out["shared"] = source.metadata.get("attngraph.share_buffer")
         run = lambda: timed_ag(source, prompt, n)
         out["tokens"] = ag.generate(source, prompt, 16)[0, ctx:].tolist()
     elif column == "recompute":
-        source = ag.Session(ag.export(model, params))
-        one = timed_ag(source, prompt, 1)
-        n = int(max(2, min(NEW_TOKENS, BUDGET_S / max(one, 1e-6))))
+        source = ag.Session(ag.export(model, params), threads=threads or None)
+        one = timed_ag(source, prompt, 1)[0]
+        n = int(max(3, min(NEW_TOKENS, BUDGET_S / max(one, 1e-6))))
         run = lambda: timed_ag(source, prompt, n)
     elif column == "hf":
+        if hf is None:
+            raise SystemExit("torch / transformers not installed (pip install -e '.[torch]')")
         run = lambda: timed_hf(hf, prompt, n)
         import torch
 
@@ -170,9 +184,17 @@ def cell(shape: str, ctx: int, column: str, folder: str) -> dict[str, Any]:
         sub = os.path.join(folder, column)
         ag.save_genai(model, params, sub, share_buffer=column == "genai", eos_token_id=0,
                       context_length=ctx + NEW_TOKENS + 8)
+        if threads:
+            path = os.path.join(sub, "genai_config.json")
+            config = json.loads(Path(path).read_text())
+            config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+            Path(path).write_text(json.dumps(config))
         out["tokens"] = timed_genai(sub, prompt, 15)[1]
         run = lambda: timed_genai(sub, prompt, n)[0]
-    out.update(tok_s=n / run(), tokens_timed=n)
+    steps = np.array(run())
+    # the median token: robust to a busy spell on a shared machine; the mean as well
+    out.update(tok_s=1.0 / float(np.median(steps)), mean_tok_s=n / float(steps.sum()),
+               tokens_timed=n)
     return out
 
 
@@ -185,11 +207,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--columns", default=",".join(COLUMNS))
-    parser.add_argument("--cell", help=argparse.SUPPRESS)  # shape,ctx,column,folder
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads for every "
+                        "engine (0: each engine's default); 1 is steadier on a busy machine")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # shape,ctx,column,folder,threads
     args = parser.parse_args()
     if args.cell:
-        shape, ctx, column, folder = args.cell.split(",", 3)
-        print(json.dumps(cell(shape, int(ctx), column, folder)))
+        shape, ctx, column, folder, threads = args.cell.split(",", 4)
+        print(json.dumps(cell(shape, int(ctx), column, folder, int(threads))))
         return 0
     contexts = QUICK_CONTEXTS if args.quick else CONTEXTS
     rounds = args.rounds
@@ -205,18 +229,18 @@ def main() -> int:
                 row: dict[str, Any] = {"shape": shape, "context": ctx}
                 for _ in range(rounds):  # rounds outermost: a busy spell hits every column
                     for column in columns:
-                        got = run_cell(shape, ctx, column, folder)
+                        got = run_cell(shape, ctx, column, folder, args.threads)
                         print(json.dumps({"shape": shape, "context": ctx, column: got}),
                               flush=True)
                         if got.get("tok_s", 0) > row.get(column, {}).get("tok_s", -1):
                             row[column] = got
                 rows.append(summarise(row))
-    write("decode_quick" if args.quick else "decode", rows)
+    write("decode_quick" if args.quick else "decode", rows, args.threads)
     return 0
 
 
-def run_cell(shape: str, ctx: int, column: str, folder: str) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--cell", f"{shape},{ctx},{column},{folder}"]
+def run_cell(shape: str, ctx: int, column: str, folder: str, threads: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--cell", f"{shape},{ctx},{column},{folder},{threads}"]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]}
@@ -237,18 +261,23 @@ def summarise(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def write(name: str, rows: list[dict[str, Any]]) -> None:
+def write(name: str, rows: list[dict[str, Any]], threads: int) -> None:
+    import importlib
+
     import onnxruntime
-    import onnxruntime_genai
-    import torch
-    import transformers
+
+    def version(name: str) -> str:
+        try:
+            return str(importlib.import_module(name).__version__)
+        except ImportError:
+            return "not installed"
 
     env = {"date": _dt.date.today().isoformat(), "machine": platform.machine(),
            "processor": platform.processor() or platform.platform(), "cpus": os.cpu_count(),
            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-           "onnxruntime_genai": onnxruntime_genai.__version__, "torch": torch.__version__,
-           "transformers": transformers.__version__, "attngraph": ag.__version__,
-           "shapes": SHAPES, "new_tokens": NEW_TOKENS}
+           "onnxruntime_genai": version("onnxruntime_genai"), "torch": version("torch"),
+           "transformers": version("transformers"), "attngraph": ag.__version__,
+           "shapes": SHAPES, "new_tokens": NEW_TOKENS, "threads": threads or "default"}
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
@@ -256,7 +285,8 @@ def write(name: str, rows: list[dict[str, Any]]) -> None:
         "# Decoding speed: ag.generate vs recompute, transformers and onnxruntime-genai", "",
         f"Batch 1, greedy, CPU, {env['cpus']} cores; onnxruntime {env['onnxruntime']}, "
         f"onnxruntime-genai {env['onnxruntime_genai']}, torch {env['torch']}, transformers "
-        f"{env['transformers']}; {env['date']}. Decode tokens/s after the prefill and first "
+        f"{env['transformers']}; {env['date']}; intra-op threads: {env['threads']}. Decode "
+        "tokens/s after the prefill and first "
         "token, each cell in its own process (best of rounds). Shapes: "
         + "; ".join(f"{k} {v}" for k, v in SHAPES.items()) + ".", "",
         "| shape | context | " + " | ".join(f"{c} tok/s" for c in COLUMNS)

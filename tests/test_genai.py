@@ -147,3 +147,41 @@ def test_genai_mistakes(tmp_path) -> None:
                           num_attention_heads=2, intermediate_size=16)
     with pytest.raises(ag.UnsupportedError, match="save_genai: a cached decoder"):
         ag.save_genai(bert, bert.init(), tmp_path / "b")
+
+
+LM_FILE = '''
+import attngraph as ag
+
+def build():
+    model = ag.models.llama(vocab_size=53, hidden_size=64, intermediate_size=40,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    params = {k: v * 3 if v.ndim == 2 else v for k, v in model.init(seed=3).items()}
+    return model, params
+'''
+
+
+def test_cli_export_genai(tmp_path, capsys) -> None:
+    from attngraph.cli import main
+
+    path = tmp_path / "lm.py"
+    path.write_text(LM_FILE)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    _tokenizer(tok)
+    (tok / "generation_config.json").write_text(json.dumps({"eos_token_id": EOS}))
+    out = tmp_path / "genai"
+    assert main(["export", str(path), "--genai", str(out), "--tokenizer", str(tok)]) == 0
+    assert "share buffer on" in capsys.readouterr().out
+    model, params = tiny("llama")
+    ids = np.array([[4, 9, 17, 2, 30]])
+    np.testing.assert_array_equal(genai_tokens(str(out), ids, 12),
+                                  ag.generate(model, ids, 12, params=params, eos_token_id=EOS))
+    assert og.Tokenizer(og.Model(str(out))).encode("the cat").size > 0
+    assert main(["export", str(path), "--genai", str(tmp_path / "g2"),
+                 "--share-buffer", "off"]) == 0
+    config = json.loads((tmp_path / "g2" / "genai_config.json").read_text())
+    assert config["search"]["past_present_share_buffer"] is False
+    assert main(["export", str(path), "--tokenizer", str(tok)]) == 2
+    assert "--tokenizer goes with --genai DIR" in capsys.readouterr().err
+    assert main(["export", str(path), "-o", str(tmp_path / "m.onnx"), "--tokenizer",
+                 str(tok)]) == 2

@@ -24,6 +24,7 @@ from conftest import run_target
 from safetensors.numpy import load_file, save_file
 
 import attngraph as ag
+from attngraph.cli import main
 from attngraph.models import hf
 
 ROOT = Path(__file__).parent / "goldens" / "hf"
@@ -321,3 +322,87 @@ def test_parameter_count_equals_the_index_metadata() -> None:
     count = index["metadata"]["total_parameters"]
     assert sum(params[n].size for n in params) == count
     assert f"Total parameters: {count:,}" in model.summary()
+
+
+# -- the command line: hf:DIR ----------------------------------------------------------------
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_export_and_generate_hf_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(capsys, "export", f"hf:{ROOT / 'gemma2'}/", "--kv-cache")
+    assert code == 0 and out.startswith("wrote gemma2.onnx: target ort") and \
+        "3 fused attention" in out
+    gold = golden("gemma2")
+    new = gold["greedy"].shape[1] - gold["prompt"].shape[1]
+    got = ag.generate(ag.Session("gemma2.onnx", ["CPUExecutionProvider"]), gold["prompt"], new)
+    np.testing.assert_array_equal(got, gold["greedy"])
+    code, out, _ = cli(capsys, "export", f"hf:{ROOT / 'bert'}", "-o", "b.onnx", "--target",
+                       "decomposed")
+    assert code == 0 and out.startswith("wrote b.onnx: target decomposed")
+
+
+def test_cli_summary_hf_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "summary", f"hf:{ROOT / 'llama'}")
+    count = json.loads((ROOT / "llama" / "model.safetensors.index.json").read_text())[
+        "metadata"]["total_parameters"]
+    assert code == 0 and f"Total parameters: {count:,}" in out and "layers.1.attn" in out
+
+
+def test_cli_hf_errors_are_one_line(capsys: pytest.CaptureFixture[str],
+                                    tmp_path: Path) -> None:
+    code, _, err = cli(capsys, "summary", f"hf:{tmp_path / 'absent'}")
+    assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1
+    folder = copy_folder("qwen2", tmp_path)
+    edit_config(folder, hidden_act="relu", rope_parameters={"rope_type": "dynamic",
+                                                            "factor": 2.0})
+    code, _, err = cli(capsys, "export", f"hf:{folder}", "-o", str(tmp_path / "q.onnx"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "hidden_act='relu'" in err and "rope_parameters: rope_type 'dynamic'" in err
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_membership_does_not_convert(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, params = loaded("mistral")  # bf16: reading converts
+    calls = []
+    monkeypatch.setattr(hf._pretrained, "bf16_to_f32",
+                        lambda bits: calls.append(1) or hf.bf16_to_f32(bits))
+    assert "layers.0.attn.query.kernel" in params and "nope" not in params
+    assert sorted(params.keys()) == sorted(params) and not calls
+    params["norm.scale"]
+    assert calls == [1]
+
+
+def test_quantized_checkpoint_is_a_config_error(tmp_path: Path) -> None:
+    folder = copy_folder("phi3", tmp_path)
+    edit_config(folder, quantization_config={"quant_method": "gptq", "bits": 4})
+    with pytest.raises(ag.ConfigError, match="quantization_config \\(a 'gptq'-quantized"):
+        hf.from_pretrained(folder)
+
+
+def test_checkpoint_folders_are_small_and_as_saved() -> None:
+    sizes = sum(f.stat().st_size for f in ROOT.rglob("*") if f.is_file())
+    assert sizes < 2_000_000
+    assert sorted(p.name for p in ROOT.iterdir()) == sorted(FAMILIES)
+    assert len(list((ROOT / "llama").glob("model-0000?-of-00003.safetensors"))) == 3
+    assert hf.read_config(ROOT / "mistral")["dtype"] == "bfloat16"
+    for name in FAMILIES:
+        assert json.loads(str(golden(name)["versions"]))["transformers"].startswith("5.")
+
+
+def test_gemma_norm_scale_rounds_once_in_float16() -> None:
+    _, half = hf.from_pretrained(ROOT / "gemma2", dtype="float16")
+    state = load_file(str(ROOT / "gemma2" / "model.safetensors"))
+    ours = {"input_layernorm": "norm1", "post_attention_layernorm": "post_attn_norm",
+            "pre_feedforward_layernorm": "norm2", "post_feedforward_layernorm": "post_ffn_norm"}
+    for i in range(3):  # (float16(w) + 1 rounded again differs in 31 of the 416 values)
+        for theirs, mine in ours.items():
+            w = state[f"model.layers.{i}.{theirs}.weight"]
+            np.testing.assert_array_equal(half[f"layers.{i}.{mine}.scale"],
+                                          (np.float32(1) + w).astype(np.float16))

@@ -4,6 +4,7 @@ command line that behaves (exit codes, -v/-q, Ctrl-C), works on every supported 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,3 +135,36 @@ def test_console_script_errors_name_the_users_file(tmp_path) -> None:
                             capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
     assert result.returncode == 2
     assert "(defined at model.py:6)" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- item 6: supported Python and dependency versions ----------------------------------------
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """'1.30' -> (1, 30, 0); '2.4.6' -> (2, 4, 6)."""
+    parts = [int(part) for part in re.findall(r"\d+", text)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
+    import tomllib
+    from importlib.metadata import version
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    floors = dict(re.fullmatch(r"([\w-]+)>=([\d.]+)", dep).groups()  # type: ignore[union-attr]
+                  for dep in project["dependencies"])
+    with open(os.path.join(REPO, ".ci", "min-versions.txt")) as f:
+        pins = dict(line.strip().split("==") for line in f
+                    if line.strip() and not line.startswith("#"))
+    assert {k: _release(v) for k, v in pins.items()} == {
+        k: _release(v) for k, v in floors.items()}  # `make test-min` installs exactly the oldest versions allowed
+    for name, floor in floors.items():
+        assert _release(version(name)) >= _release(floor), (name, version(name), floor)
+    # onnxruntime < 1.30 rejects GroupQueryAttention's `causal` attribute and gives NaN or
+    # the mean of V for fully masked rows of the standard Attention op
+    assert _release(floors["onnxruntime"]) >= (1, 30)
+    assert project["requires-python"] == ">=3.11"  # onnxruntime >= 1.30 has no 3.10 wheels
+    with open(os.path.join(REPO, "Makefile")) as f:
+        makefile = f.read()
+    assert "test-min:" in makefile and ".ci/min-versions.txt" in makefile

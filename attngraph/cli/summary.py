@@ -7,7 +7,7 @@ import argparse
 from ._common import model_options, positive_int
 from ._load import load_model
 
-EXAMPLE = "summary model.py"
+EXAMPLE = "summary model.py   (or: summary hf:DIR)"
 HELP = "print the model's layer table"
 
 

@@ -81,14 +81,20 @@ def _stream_allow(b: Any, a: Attn, q: str, past: str) -> str:
 
 
 def stream_attention(b: Any, a: Attn, q: str, k: str, v: str, past_k: str, past_v: str,
-                     keep: int | None) -> tuple[str, str, str]:
+                     keep: int | None, shared: dict[Any, str]) -> tuple[str, str, str]:
     """q (B, S, Hq*D), new k, v (B, S, Hkv*D), past (B, Hkv, P, D) -> (out (B, S, Hq*Dv),
-    present key, value (B, Hkv, min(P + S, keep), D))."""
+    present key, value (B, Hkv, min(P + S, keep), D)). Masks are built once per step model
+    for each kept length (`shared`): every layer keeping as many positions sees the same."""
     a = replace(a, causal=True, window=keep, same_len=False, mask_kind="bool", mask_rank=4,
                 has_kpm=False, return_weights=False, cross=False, rope=None)
-    allow = _stream_allow(b, a, q, past_k)
+    if ("allow", keep) not in shared:
+        shared[("allow", keep)] = _stream_allow(b, a, q, past_k)
+    allow = shared[("allow", keep)]
     if b.target == "ort" and a.hq == a.hkv and a.softcap is None and a.dv == a.d:
-        bias = b.op1("Where", [allow, b.const(np.array(0.0)), b.const(np.array(neg_big(b)))])
+        if ("bias", keep) not in shared:
+            shared[("bias", keep)] = b.op1("Where", [allow, b.const(np.array(0.0)),
+                                                     b.const(np.array(neg_big(b)))])
+        bias = shared[("bias", keep)]
         out, present_k, present_v = b.op(
             "MultiHeadAttention", [q, k, v, "", "", bias, past_k, past_v], outputs=3,
             domain="com.microsoft", tag="MultiHeadAttention", num_heads=a.hq, scale=a.scale)
@@ -101,16 +107,22 @@ def stream_attention(b: Any, a: Attn, q: str, k: str, v: str, past_k: str, past_
     return out, trim_to_window(b, present_k, keep), trim_to_window(b, present_v, keep)
 
 
-def last_query_attention(b: Any, a: Attn, q: str, k4: str, v4: str) -> str:
-    """One query q (B, 1, Hq*D) against every key k4, v4 (B, Hkv, T, D): no mask."""
+def last_query_attention(b: Any, a: Attn, q: str, k: str, v: str, kv_layout: str) -> str:
+    """One query q (B, 1, Hq*D) against every key k, v: (B, T, Hkv*D) ("3d") or
+    (B, Hkv, T, D) ("4d"); no mask. Output (B, 1, Hq*Dv)."""
     a = replace(a, causal=False, window=None, same_len=False, mask_kind=None, mask_rank=0,
                 has_kpm=False, return_weights=False, cross=True, rope=None)
+    if b.target == "ort" and a.hq == a.hkv and a.softcap is None:
+        # MultiHeadAttention takes keys and values in either layout as they are.
+        return b.op1("MultiHeadAttention", [q, k, v], domain="com.microsoft",
+                     tag="MultiHeadAttention", num_heads=a.hq, scale=a.scale)
     q4 = to_heads(b, q, a.hq, a.d)  # (B, Hq, 1, D)
-    native = b.target == "ort" and a.hq == a.hkv and a.softcap is None
-    if b.target == "decomposed" or (b.opset < 23 and not native):
-        out, _ = decomposed_attention(b, a, q4, k4, v4, "", "", "4d")
+    if kv_layout == "3d":
+        k, v = to_heads(b, k, a.hkv, a.d), to_heads(b, v, a.hkv, a.dv)  # (B, Hkv, T, D)
+    if b.target == "decomposed" or b.opset < 23:
+        out, _ = decomposed_attention(b, a, q4, k, v, "", "", "4d")
     else:
-        out = fused_attention(b, a, q4, k4, v4, "", "", "4d")
+        out = fused_attention(b, a, q4, k, v, "", "", "4d")
     return from_heads(b, out, a.hq, a.dv)  # (B, 1, Hq*Dv)
 
 
@@ -120,4 +132,4 @@ def stream_last_query(b: Any, a: Attn, q: str, k: str, v: str, past_k: str, past
     present key, value)."""
     k4 = keep_last(b, b.concat([past_k, to_heads(b, k, a.hkv, a.d)], 2), keep, 2)
     v4 = keep_last(b, b.concat([past_v, to_heads(b, v, a.hkv, a.dv)], 2), keep, 2)
-    return last_query_attention(b, a, q, k4, v4), k4, v4
+    return last_query_attention(b, a, q, k4, v4, "4d"), k4, v4

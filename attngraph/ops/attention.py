@@ -17,7 +17,7 @@ from .._registry import DecodeForms, StreamForms, register
 from .._types import INT_DTYPES, TensorType, same_dim
 from ._attention_cache import cached_attention, decode_rope, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
-from ._attention_graph import Attn, decomposed_attention, to_heads
+from ._attention_graph import Attn, decomposed_attention
 from ._attention_math import attention_reference, merge_heads, split_heads
 from ._attention_stream import (
     keep_last,
@@ -348,8 +348,10 @@ def _mha_stream_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
     q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x,
                                 offsets=(q_at, ctx.frames))
     past = ctx.state[ctx.key(node, "key")], ctx.state[ctx.key(node, "value")]
-    form = stream_last_query if last else stream_attention
-    out, present_k, present_v = form(b, a, q, k, v, *past, keep)
+    if last:
+        out, present_k, present_v = stream_last_query(b, a, q, k, v, *past, keep)
+    else:
+        out, present_k, present_v = stream_attention(b, a, q, k, v, *past, keep, ctx.shared)
     ctx.new_state[ctx.key(node, "key")] = present_k
     ctx.new_state[ctx.key(node, "value")] = present_v
     return [_dense_graph(b, node, out, "output")]
@@ -366,7 +368,7 @@ def _mha_last_query(b: Any, node: Any, ins: list[str]) -> list[str]:
             b.op1("Max", [b.op1("Sub", [seq, b.ints([keep])]), b.ints([0])])
         offsets = (b.op1("Sub", [seq, b.ints([1])]), start)
     q, k, v, a = _project_graph(b, node, slice_last(b, x), keys, offsets=offsets)
-    out = last_query_attention(b, a, q, to_heads(b, k, a.hkv, a.d), to_heads(b, v, a.hkv, a.dv))
+    out = last_query_attention(b, a, q, k, v, "3d")
     return [_dense_graph(b, node, out, "output")]
 
 

@@ -72,6 +72,10 @@ CLASSES = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "bert": ("BertConfig", "Be
 SEEDS = {"gpt2": 30, "bert": 31, "t5": 32, "llama": 33, "mistral": 34, "qwen2": 35,
          "gemma2": 36, "phi3": 37}
 SHARDED, BF16 = "llama", "mistral"
+# Tied heads score h . E with h dominated by the current token's own embedding, so greedy
+# decoding repeats the last token forever; smaller embeddings let the layers decide.
+TIED_SMALL = {"gpt2": 0.2, "qwen2": 0.2, "gemma2": 0.05}
+MIN_DISTINCT = 4  # new tokens per greedy row, so the recorded tokens say something
 PROMPT, NEW = 9, 8
 MIN_MARGIN = 1e-3
 MAX_TOTAL = 2_000_000
@@ -100,7 +104,8 @@ def _inputs(name: str, rng: np.random.Generator, vocab: int) -> dict[str, np.nda
 def _greedy(torch: Any, model: Any, rng: np.random.Generator, vocab: int
             ) -> dict[str, np.ndarray]:
     """transformers' greedy generate from a 2 x PROMPT prompt; re-drawn until every step's
-    best logit leads the second by MIN_MARGIN (so float32 picks the same tokens)."""
+    best logit leads the second by MIN_MARGIN (so float32 picks the same tokens) and each row
+    has MIN_DISTINCT different new tokens."""
     model.generation_config.eos_token_id = None  # always NEW tokens
     model.generation_config.pad_token_id = 0
     for _ in range(20):
@@ -115,9 +120,11 @@ def _greedy(torch: Any, model: Any, rng: np.random.Generator, vocab: int
             raise RuntimeError("generate's tokens differ from the argmax of a full forward")
         top2 = np.sort(steps, axis=-1)[..., -2:]
         margin = float((top2[..., 1] - top2[..., 0]).min())
-        if margin >= MIN_MARGIN:
+        distinct = min(len(set(row)) for row in tokens[:, PROMPT:].tolist())
+        if margin >= MIN_MARGIN and distinct >= MIN_DISTINCT:
             return {"prompt": prompt, "greedy": tokens, "margin": np.array(margin)}
-    raise RuntimeError("no prompt with a clear greedy margin in 20 draws")
+    raise RuntimeError(f"no prompt with a clear greedy margin and {MIN_DISTINCT} distinct new "
+                       f"tokens in 20 draws")
 
 
 def write_checkpoint(torch: Any, transformers: Any, name: str, root: Path,
@@ -129,11 +136,12 @@ def write_checkpoint(torch: Any, transformers: Any, name: str, root: Path,
     torch.manual_seed(SEEDS[name])
     model = getattr(transformers, model_name)(config).eval()
     randomize(torch, model, SEEDS[name])
-    if name == "gemma2":  # Gemma's norms scale by 1 + w: keep 1 + w near 1 (w near 0)
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if pname.endswith("norm.weight"):
-                    p.sub_(1.0)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if name == "gemma2" and pname.endswith("norm.weight"):
+                p.sub_(1.0)  # Gemma's norms scale by 1 + w: keep 1 + w near 1 (w near 0)
+            if name in TIED_SMALL and pname.endswith(("embed_tokens.weight", "wte.weight")):
+                p.mul_(TIED_SMALL[name])
     folder = root / name
     shutil.rmtree(folder, ignore_errors=True)
     if name == BF16:  # save a bf16 copy; run the same rounded weights with float32 buffers

@@ -119,6 +119,11 @@ def preset_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
         need("feed_forward_proj", ("relu",))
         need("scale_decoder_outputs", (True,))
         need("tie_word_embeddings", (True,))
+    if cfg.get("quantization_config"):
+        method = cfg["quantization_config"].get("quant_method", "?") \
+            if isinstance(cfg["quantization_config"], dict) else "?"
+        problems.append(f"quantization_config (a {method!r}-quantized checkpoint; attngraph "
+                        f"reads float32 / float16 / bfloat16 weights)")
     out = {key: cfg[key] for key in _PRESET_KEYS[k] if key in cfg}
     if k in DECODERS:
         out.update(_decoder_kwargs(k, cfg, need, problems))

@@ -42,19 +42,18 @@ class CheckpointParams(Mapping[str, np.ndarray]):
 
     def __getitem__(self, name: str) -> np.ndarray:
         raw, stored = self._raw[name], self._stored[name]
-        if stored == "BF16":
-            out = bf16_to_f32(raw)
-            out = out if self.dtype == np.float32 else out.astype(self.dtype)
-        elif raw.dtype != self.dtype:
-            out = raw.astype(self.dtype)
-        else:
-            out = raw
+        out = bf16_to_f32(raw) if stored == "BF16" else raw
         post = self._posts.get(name)
-        if post is not None:
-            out = post(out)
+        if post is not None:  # on float32 values, rounded to the dtype once after
+            out = post(out.astype(np.float32, copy=False))
+        if out.dtype != self.dtype:
+            out = out.astype(self.dtype)
         if out is not raw:
             out.setflags(write=False)
         return out
+
+    def __contains__(self, name: object) -> bool:  # without reading (Mapping's would)
+        return name in self._raw
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw)

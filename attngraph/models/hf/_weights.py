@@ -212,8 +212,8 @@ def _tied(kind: str, model: Model) -> dict[str, str]:
 
 def post_transform(kind: str, name: str) -> Callable[[np.ndarray], np.ndarray] | None:
     """What happens to a parameter after it is read and converted (Gemma: scale = 1 + w)."""
-    if kind == "gemma2" and name.endswith(".scale"):
-        return lambda a: a + a.dtype.type(1)
+    if kind == "gemma2" and name.endswith(".scale"):  # 1 + w in float32, rounded once
+        return lambda a: (a.astype(np.float32) + np.float32(1)).astype(a.dtype)
     return None
 
 
