@@ -348,9 +348,8 @@ def _mha_stream_check(node: Any, last_only: bool) -> str | None:
 def _mha_stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
     keep = lookback(node.attrs, last_only)
     length = "past" if keep is None else f"past_w{keep}"
-    kv, d = node.attrs["num_kv_heads"], node.attrs["head_dim"]
-    return {"key": ("batch", kv, length, d),
-            "value": ("batch", kv, length, value_dim(node.attrs))}
+    kv, d, dv = node.attrs["num_kv_heads"], node.attrs["head_dim"], value_dim(node.attrs)
+    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, dv)}
 
 
 def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x: np.ndarray,
