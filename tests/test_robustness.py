@@ -111,6 +111,31 @@ def test_ctrl_c_in_a_real_process(tmp_path) -> None:
     assert err.strip() == "interrupted" and "Traceback" not in err
 
 
+def test_validate_inputs_and_run_output(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    spec = _write(tmp_path, "m.py", ATTN_FILE)
+    feeds_path = str(tmp_path / "feeds.npz")
+    x = np.random.default_rng(5).standard_normal((3, 4, 16)).astype(np.float32)
+    np.savez(feeds_path, x=x)
+    code, out, err = _cli(capsys, "validate", spec, "--inputs", feeds_path, "--targets", "ort")
+    assert code == 0 and "feeds: x f32[3,4,16]" in out and "PASSED" in out, err
+    onnx_path, out_path = str(tmp_path / "m.onnx"), str(tmp_path / "out.npz")
+    assert _cli(capsys, "export", spec, "-o", onnx_path)[0] == 0
+    code, out, err = _cli(capsys, "run", onnx_path, "--inputs", feeds_path, "-o", out_path,
+                          "--repeat", "1")
+    assert code == 0 and f"wrote {out_path}" in out, err
+    with np.load(out_path, allow_pickle=False) as saved:
+        got = dict(saved)
+    import attngraph.cli._load as load
+
+    model, _ = load.load_model(spec)
+    want = model.predict(model.init(seed=0), {"x": x})
+    assert set(got) == set(want)
+    np.testing.assert_allclose(got["output"], want["output"], atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    code, _, err = _cli(capsys, "run", onnx_path, "-o", str(tmp_path / "out.txt"))
+    assert code == 2 and "expected a path ending in .npz" in err
+
+
 def test_cli_errors_do_not_point_into_attngraph_or_the_caller(
         capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     spec = _write(tmp_path, "dec.py", DECODER_FILE)
