@@ -412,3 +412,49 @@ def test_generate_progress_bar_stays_off_the_token_line(tmp_path, monkeypatch,
     assert screen[-1].endswith("tok/s)")
     if len(prompts) > 1:  # a batch prints at the end: a bar showed meanwhile, then was cleared
         assert "generate:" in terminal.text
+
+
+# -- item 13: one table renderer; item 10: the validation report says why ----------------------
+
+
+def test_one_renderer_for_every_table() -> None:
+    from attngraph._table import render
+
+    plain = render(["a", "bb"], [[1, None], ["ccc", 2.5]], align="lr")
+    assert plain.splitlines() == ["a     bb", "---  ---", "1", "ccc  2.5"]
+    grid = render(["a", "b"], [["x", "yy"]], style="grid").splitlines()
+    assert grid == ["+---+----+", "| a | b  |", "+---+----+", "| x | yy |", "+---+----+"]
+    assert render(["n"], [[3]], style="markdown", align="r").splitlines()[1] == "| --: |"
+    with pytest.raises(ValueError, match="2 cells"):
+        render(["a"], [[1, 2]])
+    # no module keeps a hand-written table: column widths are computed in _table.py only
+    for path in ("_summary.py", "_validate.py", "analysis.py"):
+        with open(os.path.join(REPO, "attngraph", path)) as f:
+            text = f.read()
+        assert "render(" in text and "ljust" not in text and "widths" not in text, path
+    with open(os.path.join(REPO, "examples", "demo.py")) as f:
+        demo = f.read()
+    assert "render(" in demo and "ljust" not in demo
+    bench = os.path.join(REPO, "bench")
+    with open(os.path.join(bench, "_attention_report.py")) as f:
+        assert 'style="markdown"' in f.read()
+    for name in os.listdir(bench):  # the attention benchmark is split into small modules
+        if name.endswith(".py") and name.startswith(("attention", "_attention")):
+            with open(os.path.join(bench, name)) as f:
+                assert len(f.read().splitlines()) < 400, name
+
+
+def test_validation_report_states_the_tolerance_and_why_a_case_passes() -> None:
+    from attngraph._validate import compare
+
+    ref = np.array([1e-5, 2.0, -3.0])
+    got = ref + np.array([1.5e-5, 1e-4, 0.0])  # rel err 1.5 at the near-zero element
+    check = compare("ort", "y", got, ref, "float32")
+    assert check.passed and check.max_rel == pytest.approx(1.5)
+    # the worst element uses |1e-4| / (1e-4 + 1e-4 * 2) = 1/3 of its tolerance
+    assert check.used == pytest.approx(1 / 3, rel=1e-3)
+    report = str(ag.ValidationReport("float32", [check]))
+    assert "1e-04 + 1e-04*|ref|" in report and "pass (worst element at 33.3% of its tolerance)" \
+        in report and "|got - ref| <= atol + rtol*|ref|" in report
+    bad = compare("ort", "y", ref + 1e-3, ref, "float32")
+    assert not bad.passed and "FAIL: worst element at" in bad.verdict()
