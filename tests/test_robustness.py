@@ -458,3 +458,57 @@ def test_validation_report_states_the_tolerance_and_why_a_case_passes() -> None:
         in report and "|got - ref| <= atol + rtol*|ref|" in report
     bad = compare("ort", "y", ref + 1e-3, ref, "float32")
     assert not bad.passed and "FAIL: worst element at" in bad.verdict()
+
+
+# -- item 10: API edges -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("providers, needle", [
+    (["CPUExecutionProvdier"], "did you mean 'CPUExecutionProvider'"),
+    (["NoSuchExecutionProvider"], "unavailable execution provider(s) ['NoSuchExecutionProvider']"),
+    ("CPUExecutionProvider", "must be a non-empty list"),
+    ([], "must be a non-empty list"),
+])
+def test_session_refuses_unknown_providers(providers: object, needle: str,
+                                           capfd: pytest.CaptureFixture[str]) -> None:
+    model = _dense_model()
+    proto = ag.export(model, model.init())
+    with pytest.raises(ag.ConfigError, match=re.escape(needle)):
+        ag.Session(proto, providers=providers)  # type: ignore[arg-type]
+    assert "EP Error" not in capfd.readouterr().out  # onnxruntime never got to fall back
+    assert ag.Session(proto, providers=["CPUExecutionProvider"]).device == "cpu"
+    assert ag.Session(proto, providers=[("CPUExecutionProvider", {})]).device == "cpu"
+
+
+def test_feed_error_lists_the_inputs_once() -> None:
+    model = _dense_model()
+    with pytest.raises(ag.FeedError) as info:
+        model.predict(model.init(), {"y": np.ones((2, 5), np.float32)})
+    message = str(info.value)
+    assert message == ("predict: missing feed(s) ['x']; unknown feed(s) ['y']; the model's "
+                       "inputs are ['x']")
+
+
+def test_int_window_is_causal_whatever_causal_says_and_the_docs_say_so() -> None:
+    x = ag.input("x", ("batch", "seq", 16))
+    outs = {c: ag.multi_head_attention(x, num_heads=2, window=3, causal=c, name=f"a{int(c)}")
+            for c in (False, True)}
+    model = ag.Model(x, {str(c): v for c, v in outs.items()})
+    params = model.init(seed=3)
+    params.update({k.replace("a0.", "a1."): v for k, v in params.items() if k.startswith("a0.")})
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, 6, 16)).astype(np.float32)}
+    got = model.predict(params, feeds)
+    np.testing.assert_array_equal(got["False"], got["True"])
+    doc = ag.scaled_dot_product_attention.__doc__ or ""
+    assert "causal=False does not" in " ".join(doc.split())
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert "`causal=False` does not make it two-sided" in " ".join(f.read().split())
+
+
+def test_package_is_typed() -> None:
+    import tomllib
+
+    assert os.path.isfile(os.path.join(REPO, "attngraph", "py.typed"))
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in package_data["attngraph"]
