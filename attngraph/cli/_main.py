@@ -27,6 +27,7 @@ COMMANDS = (
     "analyze",
     "run",
     "generate",
+    "stream",
 )
 
 DESCRIPTION = """\

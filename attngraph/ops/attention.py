@@ -348,8 +348,8 @@ def _mha_stream_check(node: Any, last_only: bool) -> str | None:
 def _mha_stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
     keep = lookback(node.attrs, last_only)
     length = "past" if keep is None else f"past_w{keep}"
-    kv, d = node.attrs["num_kv_heads"], node.attrs["head_dim"]
-    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, d)}
+    kv, d, dv = node.attrs["num_kv_heads"], node.attrs["head_dim"], value_dim(node.attrs)
+    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, dv)}
 
 
 def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x: np.ndarray,
@@ -371,10 +371,12 @@ def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x
 def _mha_stream_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
     x, last = ins[0], ctx.last_only(node)
     keep = lookback(node.attrs, last)
-    q_at = b.op1("Sub", [b.op1("Add", [ctx.frames, b.dim(x, 1)]), b.ints([1])]) if last \
-        else ctx.frames
-    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x,
-                                offsets=(q_at, ctx.frames))
+    offsets = None
+    if node.attrs["rope"] is not None:  # q and k where they sit in the stream
+        q_at = b.op1("Sub", [b.op1("Add", [ctx.frames, b.dim(x, 1)]), b.ints([1])]) if last \
+            else ctx.frames
+        offsets = (q_at, ctx.frames)
+    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x, offsets=offsets)
     past = ctx.state[ctx.key(node, "key")], ctx.state[ctx.key(node, "value")]
     if last:
         out, present_k, present_v = stream_last_query(b, a, q, k, v, *past, keep)
