@@ -512,3 +512,40 @@ def test_package_is_typed() -> None:
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["attngraph"]
+
+
+# -- item 11: the README's examples run as a new user would run them ------------------------
+
+
+def _readme_blocks() -> list[tuple[str, str]]:
+    """(kind, code) of every block the README marks with `<!-- readme-test: KIND -->`."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    return re.findall(r"<!-- readme-test: (\w+) -->\n```\w*\n(.*?)```", text, re.DOTALL)
+
+
+def test_readme_says_how_to_install_and_what_a_model_file_defines() -> None:
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = " ".join(f.read().split())
+    assert "pip install ." in text and '".[viz]"' in text
+    for extra in ("viz", "genai", "cuda", "torch", "bench", "test", "dev"):
+        assert f"| `{extra}` |" in text, extra
+    assert "A model file is a Python file that defines" in text and "FILE.py:NAME" in text
+    kinds = [kind for kind, _ in _readme_blocks()]
+    assert kinds.count("python") >= 2 and kinds.count("sh") >= 1
+
+
+@pytest.mark.parametrize("index", range(len(_readme_blocks())))
+def test_readme_block_runs_from_the_repository_root_and_leaves_nothing(index: int) -> None:
+    kind, code = _readme_blocks()[index]
+    before = set(os.listdir(REPO))
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+               + os.environ.get("PATH", ""), MPLBACKEND="Agg")
+    argv = [sys.executable, "-c", code] if kind == "python" else ["bash", "-e", "-c", code]
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    new = set(os.listdir(REPO)) - before
+    # nothing new in the repository root (test tools' own caches, e.g. .hypothesis, aside)
+    assert {n for n in new if not n.startswith(".")} == set(), new
