@@ -92,5 +92,5 @@ def save_arrays(arrays: Mapping[str, np.ndarray], path: str) -> None:
     if not path.endswith(".npz"):
         raise CLIError(f"-o {path!r}: expected a path ending in .npz")
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
     atomic_write_bytes(path, buf.getvalue(), what="run -o")
