@@ -11,6 +11,7 @@ import numpy as np
 
 from ._errors import AttnGraphError, ConfigError, ExportError, FeedError
 from ._feeds import check_feeds
+from ._limits import check_limits, feed_limits
 from ._ort_errors import explain, layers_of
 from ._types import TensorType
 
@@ -63,6 +64,9 @@ class Session:
 
         ort.set_default_logger_severity(_LOG_SEVERITY)
         data = self._load_bytes(model_or_path, params, target, dtype)
+        from ._model import Model
+
+        self._limits = feed_limits(model_or_path) if isinstance(model_or_path, Model) else []
         options = ort.SessionOptions()
         options.log_severity_level = _LOG_SEVERITY
         if threads is not None:
@@ -116,6 +120,8 @@ class Session:
         """Check feeds against the model's inputs (names, dtypes, shapes; NaN/Inf when
         `check_finite`), run, and return outputs by name."""
         arrays = check_feeds(self.inputs, feeds, check_finite=check_finite, where="Session.run")
+        check_limits(self._limits, {k: t.shape for k, t in self.inputs.items()}, arrays,
+                     "Session.run")
         names = list(outputs) if outputs is not None else self.output_names
         unknown = [n for n in names if n not in self.output_names]
         if unknown:

@@ -319,9 +319,11 @@ def small_gpt(tmp_path_factory) -> tuple[ag.Model, dict[str, np.ndarray], str]:
 
 @pytest.mark.parametrize("target", ["ort", "decomposed"])
 def test_onnxruntime_failures_name_the_layer_and_log_nothing(
-        small_gpt, target: str, capfd: pytest.CaptureFixture[str]) -> None:
+        small_gpt, target: str, tmp_path, capfd: pytest.CaptureFixture[str]) -> None:
     model, params, _ = small_gpt
-    session = ag.Session(model, params=params, target=target)
+    path = str(tmp_path / f"{target}.onnx")
+    ag.export(model, params, path, target=target)
+    session = ag.Session(path)  # a file: onnxruntime's failure, translated
     long_ids = np.ones((2, 13), np.int64)
     with pytest.raises(ag.AttnGraphError, match=r"^Session.run: positional_encoding 'wpe': "
                        r"sequence length 13 exceeds max_len=11"):
@@ -331,6 +333,13 @@ def test_onnxruntime_failures_name_the_layer_and_log_nothing(
         session.run({"input_ids": np.array([[1, 2, 300]])})
     out, err = capfd.readouterr()  # file-descriptor level: onnxruntime's C++ logger included
     assert "onnxruntime" not in err and "\x1b[" not in err and out == "", err
+    # a Session of a Model checks the limits before onnxruntime runs, negative ids included
+    # (onnxruntime's Gather would wrap them around silently)
+    checked = ag.Session(model, params=params, target=target)
+    for ids, needle in ((long_ids, "sequence length 13 exceeds max_len=11"),
+                        (np.array([[1, -1, 3]]), "given values in [-1, 3]")):
+        with pytest.raises(ag.FeedError, match=re.escape(needle)):
+            checked.run({"input_ids": ids})
     # the reference says the same things, naming the same layers
     with pytest.raises(ag.FeedError, match=r"positional_encoding 'wpe': sequence length 13 "
                        r"exceeds max_len=11 \(defined at test_robustness.py:\d+\)"):
