@@ -72,6 +72,7 @@ from .patterns import (
 from .position import alibi_bias, relative_position_bias
 from .recurrent import gru, lstm
 from .runtime import RuntimeFailure, Session
+from .triton import save_triton
 
 __all__ = [
     "AttentionCost",
@@ -129,6 +130,7 @@ __all__ = [
     "relu",
     "rms_norm",
     "save_genai",
+    "save_triton",
     "save_params",
     "scale",
     "scaled_dot_product_attention",
