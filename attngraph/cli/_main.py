@@ -26,6 +26,7 @@ COMMANDS = (
     "analyze",
     "run",
     "generate",
+    "serve",
 )
 
 DESCRIPTION = """\
