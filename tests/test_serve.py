@@ -22,10 +22,10 @@ if not (sys.platform == "linux" and platform.machine() == "x86_64"):
     pytest.skip("nvidia-pytriton ships tritonserver for Linux x86_64 only",
                 allow_module_level=True)
 
-import tritonclient.http as triton_http  # noqa: E402 - the test extra installs it and pytriton
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
 
-import attngraph as ag  # noqa: E402
+import attngraph as ag
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S, STOP_TIMEOUT_S = 180, 40

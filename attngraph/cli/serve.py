@@ -87,8 +87,8 @@ def _announce(server: Server, stop: threading.Event, started: float) -> None:
             version = json.load(r).get("version", "?")
     except (OSError, ValueError):
         version = "?"
-    lines = [f"Triton Inference Server {version} ready on {server.host} in "
-             f"{time.perf_counter() - started:.1f} s"]
+    took = time.perf_counter() - started
+    lines = [f"Triton Inference Server {version} ready on {server.host} in {took:.1f} s"]
     width = max(len(what) for what, _ in server.endpoints)
     lines += [f"  {what.ljust(width)}  {where}" for what, where in server.endpoints]
     for m in server.models:
