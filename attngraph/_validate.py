@@ -25,6 +25,8 @@ class Check:
     rtol: float
     passed: bool
     error: str | None = None
+    tolerance: str | None = None  # the rule when it is not atol + rtol * |ref| (quantized)
+    note: str | None = None  # shown after "pass" (the quantized error measured)
 
 
 @dataclass
@@ -33,6 +35,7 @@ class ValidationReport:
 
     dtype: str
     checks: list[Check] = field(default_factory=list)
+    quantize: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -48,12 +51,15 @@ class ValidationReport:
         rows = [("target", "output", "max abs err", "max rel err", "tolerance", "result")]
         for c in self.checks:
             rows.append((c.target, c.output, f"{c.max_abs:.2e}", f"{c.max_rel:.2e}",
-                         f"{c.atol:.0e}+{c.rtol:.0e}*|ref|",
-                         "pass" if c.passed else f"FAIL{': ' + c.error if c.error else ''}"))
+                         c.tolerance or f"{c.atol:.0e}+{c.rtol:.0e}*|ref|",
+                         (f"pass{' (' + c.note + ')' if c.note else ''}" if c.passed
+                          else f"FAIL{': ' + (c.error or c.note) if c.error or c.note else ''}")))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append(f"validation ({self.dtype}): {'PASSED' if self.passed else 'FAILED'}")
+        what = self.dtype + (f", {self.quantize} weights vs the float32 reference"
+                             if self.quantize else "")
+        lines.append(f"validation ({what}): {'PASSED' if self.passed else 'FAILED'}")
         return "\n".join(lines)
 
 
@@ -78,8 +84,13 @@ def compare(target: str, name: str, got: np.ndarray, ref: np.ndarray, dtype: str
 
 def validate(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping[str, Any],
              targets: Sequence[str] = TARGETS, *, dtype: str = "float32",
-             providers: Sequence[str] | None = None) -> ValidationReport:
+             providers: Sequence[str] | None = None,
+             quantize: str | None = None) -> ValidationReport:
     """Export for each target, run in onnxruntime, compare every output with `model.predict`.
+
+    With `quantize` ("int8" / "int4", float32 only) the quantized export is compared with the
+    float32 reference under `attngraph.quantize.TOLERANCES`: rms(got - ref) <= tol * rms(ref)
+    per output; the report gives the ratio measured.
 
     Returns a ValidationReport; `report.passed` is True when every output of every target is
     within the tolerance of `dtype` (TOLERANCES).
@@ -94,14 +105,38 @@ def validate(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping[str, A
             raise ExportError(f"validate: unknown target {t!r}; expected some of {list(TARGETS)}")
     if dtype not in TOLERANCES:
         raise ExportError(f"validate: dtype must be one of {list(TOLERANCES)}, given {dtype!r}")
+    if quantize is not None:
+        from .quantize import check_mode
+
+        check_mode(quantize, "validate")
+        if dtype != "float32":
+            raise ExportError(f"validate: quantize goes with dtype='float32', given {dtype!r}")
     ref = model.predict(params, feeds)
     run_feeds = {k: np.asarray(v).astype(dtype) if np.asarray(v).dtype.kind == "f"
                  else np.asarray(v) for k, v in feeds.items()}
-    report = ValidationReport(dtype)
+    report = ValidationReport(dtype, quantize=quantize)
     for target in targets:
-        proto = export(model, params, target=target, dtype=dtype)
+        proto = export(model, params, target=target, dtype=dtype, quantize=quantize)
         session = Session(proto, providers)
         got = session.run(run_feeds)
         for name, expected in ref.items():
-            report.checks.append(compare(target, name, got[name], expected, dtype))
+            check = compare(target, name, got[name], expected, dtype)
+            report.checks.append(check if quantize is None else
+                                 compare_quantized(check, got[name], expected, quantize))
     return report
+
+
+def compare_quantized(check: Check, got: np.ndarray, ref: np.ndarray, mode: str) -> Check:
+    """`check` (errors measured) judged by the quantized rule: rms(got - ref) <= tol *
+    rms(ref), and no NaN where the reference has none."""
+    from .quantize import TOLERANCES as QUANTIZED
+
+    tol = QUANTIZED[mode]
+    if check.error is not None or np.asarray(ref).size == 0:
+        return check
+    diff = np.asarray(got, np.float64) - np.asarray(ref, np.float64)
+    ratio = float(np.sqrt(np.mean(diff**2)) / max(np.sqrt(np.mean(np.square(ref, dtype=np.float64))),
+                                                  1e-12))
+    return Check(check.target, check.output, check.max_abs, check.max_rel, 0.0, 0.0,
+                 bool(ratio <= tol), None, f"rms err <= {tol:g}*rms(ref)",
+                 f"rms err {ratio:.3f}*rms(ref)")
