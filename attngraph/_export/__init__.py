@@ -30,6 +30,7 @@ from .._params import check_params
 from .._registry import OPS, TARGETS
 from .._stream_plan import Plan, Step, analyze, stream_plan
 from .._types import FLOAT_DTYPES, TensorType
+from ..quantize import check_mode, quantize_proto
 from ._builder import ONNX_DTYPES, Builder
 from ._streaming import lower_node, lower_step, stream_metadata
 
@@ -58,6 +59,7 @@ def export(
     kv_cache: bool = False,
     share_buffer: bool | None = None,
     streaming: bool = False,
+    quantize: str | None = None,
 ) -> onnx.ModelProto:
     """Lower `model` to ONNX with every attention layer as one fused node.
 
@@ -84,6 +86,9 @@ def export(
         streaming: export a step model (DESIGN §9): inputs are the next chunk of frames
             `[batch, chunk, ...]` plus `state.frames` and `state.<layer>.<part>`; outputs are
             the model's outputs for the chunk plus `new_state.*`. Run it with `ag.Stream`.
+        quantize: "int4" or "int8": quantize the MatMul weights with onnxruntime's tools
+            (`attngraph/quantize.py`: MatMulNBits in blocks of 32, or dynamic int8); the
+            result runs in onnxruntime only.
 
     Returns:
         The ONNX model proto (the same bytes every time for the same model, params, target).
@@ -121,6 +126,8 @@ def export(
     if streaming and kv_cache:
         raise ExportError("export: choose kv_cache=True (token decoders) or streaming=True "
                           "(step models), not both")
+    if quantize is not None:
+        check_mode(quantize, "export")
     layers = cache_layers(model, "export(kv_cache=True)") if kv_cache else None
     shared = layers is not None and share_buffer_choice(layers, target, share_buffer)
     plan = stream_plan(model, "export(streaming=True)") if streaming else analyze(model)
@@ -157,7 +164,11 @@ def export(
         props["attngraph.share_buffer"] = "true" if shared else "false"
     if streaming:
         props["attngraph.streaming"] = stream_metadata(plan)
+    if quantize is not None:
+        props["attngraph.quantize"] = quantize
     helper.set_model_props(proto, props)
+    if quantize is not None:
+        proto = quantize_proto(proto, quantize)
     size = sum(t.ByteSize() for t in proto.graph.initializer)
     if size > _EXTERNAL_DATA_THRESHOLD:
         if path is None:
