@@ -10,11 +10,26 @@ import numpy as np
 
 from ._errors import AttnGraphError, ExportError, FeedError
 from ._feeds import check_feeds
+from ._ort_errors import explain, layers_of
 from ._types import TensorType
 
 
 class RuntimeFailure(AttnGraphError):
     """onnxruntime refused or failed to run a model."""
+
+
+# onnxruntime logs its own copy of every error (in colour, even into a pipe) before raising
+# it; attngraph reports the error itself, so onnxruntime stays quiet unless asked (CLI -v).
+_LOG_SEVERITY = 4  # onnxruntime's levels: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+
+
+def set_log_severity(level: int) -> None:
+    """How much onnxruntime may log on its own (0 verbose .. 4 fatal only, the default)."""
+    global _LOG_SEVERITY
+    import onnxruntime as ort
+
+    _LOG_SEVERITY = int(level)
+    ort.set_default_logger_severity(_LOG_SEVERITY)
 
 
 def available_providers() -> list[str]:
@@ -45,9 +60,10 @@ class Session:
                  dtype: str = "float32", threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(_LOG_SEVERITY)
         data = self._load_bytes(model_or_path, params, target, dtype)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = _LOG_SEVERITY
         if threads is not None:
             options.intra_op_num_threads = threads
         self.providers = list(providers) if providers is not None else default_providers()
@@ -60,6 +76,7 @@ class Session:
         self.inputs: dict[str, TensorType] = {
             i.name: _tensor_type(i) for i in self._session.get_inputs()
         }
+        self._layers = layers_of(self.metadata)
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.outputs: dict[str, TensorType] = {
             o.name: _tensor_type(o) for o in self._session.get_outputs()
@@ -105,7 +122,7 @@ class Session:
         try:
             results = self._session.run(names, arrays)
         except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
-            raise RuntimeFailure(f"Session.run: onnxruntime failed: {exc}") from None
+            raise RuntimeFailure(explain("Session.run", exc, self._layers)) from None
         return dict(zip(names, results))
 
     @property
@@ -149,7 +166,7 @@ class Session:
                 binding.bind_ortvalue_output(output, device[name])
             self._session.run_with_iobinding(binding)
         except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
-            raise RuntimeFailure(f"Session.run_bound: onnxruntime failed: {exc}") from None
+            raise RuntimeFailure(explain("Session.run_bound", exc, self._layers)) from None
         values = binding.get_outputs()  # in the order bound
         kept = dict(zip(keep, values[: len(keep)]))
         fetched = {name: v.numpy()

@@ -11,7 +11,8 @@ from ._common import CLIError, human_size, model_options
 from ._hf import folder_name, is_hf
 from ._load import model_and_params, split_spec
 
-EXAMPLE = "export model.py -o out/model.onnx --target ort   (or: export hf:DIR --kv-cache)"
+EXAMPLE = ("export model.py -o out/model.onnx --target ort   (or: export hf:DIR --kv-cache; "
+           "export model.py --streaming)")
 HELP = "export a model to an ONNX file"
 FUSED_ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention", "Attention"})
 
@@ -26,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(decomposed)")
     p.add_argument("--kv-cache", action="store_true", help="export a decoder with a key/value "
                    "cache (past_key_values / present inputs and outputs)")
+    p.add_argument("--streaming", action="store_true", help="export a step model: the next "
+                   "chunk of frames and per-layer state in, the chunk's outputs and new state "
+                   "out (run it with `attngraph stream`)")
     p.add_argument("--share-buffer", choices=("auto", "on", "off"), default="auto",
                    help="with --kv-cache / --genai: one preallocated past/present buffer per "
                    "layer updated in place (auto: where the export supports it)")
@@ -59,12 +63,13 @@ def run(args: argparse.Namespace) -> int:
         args.output = f"{stem}.onnx"
     proto = export(model, params, args.output, target=args.target, opset=args.opset,
                    dtype=args.dtype, kv_cache=args.kv_cache,
-                   share_buffer=share if args.kv_cache else None)
+                   share_buffer=share if args.kv_cache else None, streaming=args.streaming)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     fused = sum(n.op_type in FUSED_ATTENTION_OPS for n in proto.graph.node)
     size = os.path.getsize(args.output)
     if os.path.exists(args.output + ".data"):
         size += os.path.getsize(args.output + ".data")
     print(f"wrote {args.output}: target {args.target}, opset {opset}, "
-          f"{len(proto.graph.node)} nodes, {fused} fused attention, {human_size(size)}")
+          f"{len(proto.graph.node)} nodes, {fused} fused attention, {human_size(size)}"
+          + (" (step model)" if args.streaming else ""))
     return 0

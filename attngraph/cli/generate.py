@@ -12,7 +12,7 @@ import numpy as np
 from .._export import export
 from .._registry import TARGETS
 from ..runtime import Session
-from ._common import SPEC_HELP, CLIError, info, positive_int, providers
+from ._common import SPEC_HELP, CLIError, info, positive_int, providers, verbosity
 from ._load import model_and_params, require_file
 
 EXAMPLE = 'generate out/decoder.onnx --prompt "5 17 3" -n 32'
@@ -62,19 +62,31 @@ def run(args: argparse.Namespace) -> int:
             source = Session(export(model, params, target=args.target, kv_cache=True),
                              args.providers)
             params = None
+    # One prompt streams its tokens to stdout as they come; on a terminal those tokens are the
+    # progress, and a bar on the same screen would overwrite them. Otherwise (a batch, printed
+    # at the end, or stdout redirected) a bar may show on stderr when that is a terminal; it is
+    # cleared before anything is printed.
+    streaming = len(prompts) == 1
+    progress = None if verbosity() >= 1 and not (streaming and sys.stdout.isatty()) else False
     stream = generate_stream(source, ids, args.max_new_tokens, params=params,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             seed=args.seed, eos_token_id=args.eos, attention_mask=mask)
+                             seed=args.seed, eos_token_id=args.eos, attention_mask=mask,
+                             progress=progress)
     start, steps, rows = time.perf_counter(), 0, [list(p) for p in prompts]
-    for tokens in stream:
-        steps += 1
-        for row, token in enumerate(tokens):
-            rows[row].append(int(token))
-        if len(prompts) == 1:
-            print(("" if steps > 1 else " ".join(map(str, prompts[0])) + " |") + f" {tokens[0]}",
-                  end="", flush=True)
+    try:
+        for tokens in stream:
+            steps += 1
+            for row, token in enumerate(tokens):
+                rows[row].append(int(token))
+            if streaming:
+                head = "" if steps > 1 else " ".join(map(str, prompts[0])) + " |"
+                print(f"{head} {tokens[0]}", end="", flush=True)
+    except KeyboardInterrupt:
+        if streaming and steps:
+            print(flush=True)  # end the partial line of tokens
+        raise
     elapsed = time.perf_counter() - start
-    if len(prompts) == 1:
+    if streaming:
         print()
     else:
         for tokens_of_row in rows:

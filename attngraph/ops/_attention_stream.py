@@ -112,7 +112,7 @@ def last_query_attention(b: Any, a: Attn, q: str, k: str, v: str, kv_layout: str
     (B, Hkv, T, D) ("4d"); no mask. Output (B, 1, Hq*Dv)."""
     a = replace(a, causal=False, window=None, same_len=False, mask_kind=None, mask_rank=0,
                 has_kpm=False, return_weights=False, cross=True, rope=None)
-    if b.target == "ort" and a.hq == a.hkv and a.softcap is None:
+    if b.target == "ort" and a.hq == a.hkv and a.softcap is None and a.dv == a.d:
         # MultiHeadAttention takes keys and values in either layout as they are.
         return b.op1("MultiHeadAttention", [q, k, v], domain="com.microsoft",
                      tag="MultiHeadAttention", num_heads=a.hq, scale=a.scale)

@@ -43,11 +43,34 @@ def _check_masks(mask: Any, kpm: Any, batch: Any, hq: int, sq: Any, sk: Any, fai
         if mask.dtype not in ("bool", "float32", "float16"):
             fail(f"mask must be bool (True = attend) or float (additive), given {mask}")
         full = (batch, hq, sq, sk)
-        if mask.rank > 4 or any(
+        # A 2-D mask whose first dim is the batch dim lines batch up with the query axis: the
+        # Hugging Face attention_mask habit. It broadcasts only by accident (batch == q_seq).
+        batch_on_queries = mask.rank == 2 and same_dim(mask.shape[0], batch) is True \
+            and same_dim(batch, sq) is not True
+        if batch_on_queries or mask.rank > 4 or any(
             d != 1 and same_dim(d, f) is False for d, f in zip(mask.shape[::-1], full[::-1])
         ):
             fail(f"mask must broadcast to [batch, heads, q_seq, kv_seq] = "
-                 f"[{batch},{hq},{sq},{sk}], given {mask}")
+                 f"[{batch},{hq},{sq},{sk}], given {mask}{_padding_hint(mask.rank)}")
+
+
+def _padding_hint(rank: int) -> str:
+    return ("; a [batch, kv_seq] padding mask (Hugging Face's attention_mask) goes in "
+            "key_padding_mask=, True/1 = attend" if rank == 2 else "")
+
+
+def _masks_problem(batch: int, hq: int, sq: int, sk: int, kpm: np.ndarray | None,
+                   mask: np.ndarray | None) -> str | None:
+    """The run-time half of `_check_masks`: sizes that symbolic dims left open at build time."""
+    if kpm is not None and tuple(kpm.shape) != (batch, sk):
+        return (f"key_padding_mask must be [batch, kv_seq] = [{batch},{sk}] for these feeds, "
+                f"given {list(kpm.shape)}")
+    full = (batch, hq, sq, sk)
+    if mask is not None and (mask.ndim > 4 or any(
+            d != 1 and d != f for d, f in zip(mask.shape[::-1], full[::-1]))):
+        return (f"mask must broadcast to [batch, heads, q_seq, kv_seq] = [{batch},{hq},{sq},"
+                f"{sk}] for these feeds, given {list(mask.shape)}{_padding_hint(mask.ndim)}")
+    return None
 
 
 def attn_facts(node: Any, same_len: bool, hq: int, hkv: int, d: int, dv: int) -> Attn:
@@ -122,8 +145,13 @@ def _sdpa_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     return _core(b, a, q_in, k_in, v_in, mask, kpm, "4d")
 
 
+def _sdpa_check(attrs: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                kpm: np.ndarray | None, mask: np.ndarray | None) -> str | None:
+    return _masks_problem(q.shape[0], q.shape[1], q.shape[2], k.shape[2], kpm, mask)
+
+
 register("attention", infer=_sdpa_infer, reference=_sdpa_ref, decomposed=_sdpa_lower,
-         ort=_sdpa_lower, onnx=_sdpa_lower)
+         ort=_sdpa_lower, onnx=_sdpa_lower, check=_sdpa_check)
 
 # -- multi-head attention (one node, with its projections) -----------------------------------
 
@@ -343,10 +371,12 @@ def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x
 def _mha_stream_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
     x, last = ins[0], ctx.last_only(node)
     keep = lookback(node.attrs, last)
-    q_at = b.op1("Sub", [b.op1("Add", [ctx.frames, b.dim(x, 1)]), b.ints([1])]) if last \
-        else ctx.frames
-    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x,
-                                offsets=(q_at, ctx.frames))
+    offsets = None
+    if node.attrs["rope"] is not None:  # q and k where they sit in the stream
+        q_at = b.op1("Sub", [b.op1("Add", [ctx.frames, b.dim(x, 1)]), b.ints([1])]) if last \
+            else ctx.frames
+        offsets = (q_at, ctx.frames)
+    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x, offsets=offsets)
     past = ctx.state[ctx.key(node, "key")], ctx.state[ctx.key(node, "value")]
     if last:
         out, present_k, present_v = stream_last_query(b, a, q, k, v, *past, keep)
@@ -372,8 +402,14 @@ def _mha_last_query(b: Any, node: Any, ins: list[str]) -> list[str]:
     return [_dense_graph(b, node, out, "output")]
 
 
+def _mha_check(attrs: Any, x: np.ndarray, ctx: np.ndarray | None, kpm: np.ndarray | None,
+               mask: np.ndarray | None) -> str | None:
+    src = x if ctx is None else ctx
+    return _masks_problem(x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], kpm, mask)
+
+
 register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
-         ort=_mha_lower, onnx=_mha_lower,
+         ort=_mha_lower, onnx=_mha_lower, check=_mha_check,
          decode=DecodeForms(_mha_decode_ref, _mha_decode_lower, _mha_decode_check, _mha_cache),
          stream=StreamForms(_mha_stream_check, _mha_stream_state, _mha_stream_ref,
                             _mha_stream_lower, _mha_last_query))
