@@ -34,8 +34,10 @@ def tiny(kind: str) -> tuple[ag.Model, dict[str, np.ndarray]]:
         "phi3": lambda: ag.models.phi3(**common, partial_rotary_factor=0.5),
     }
     model = models[kind]()
-    # larger weights than init's, so greedy tokens vary from step to step
-    params = {k: v * 3 if v.ndim == 2 else v for k, v in model.init(seed=3).items()}
+    # larger weights than init's, so greedy tokens vary from step to step (gemma2's embedding
+    # scale and softcaps already spread its logits)
+    grow = 1 if kind == "gemma2" else 3
+    params = {k: v * grow if v.ndim == 2 else v for k, v in model.init(seed=3).items()}
     return model, params
 
 
@@ -70,7 +72,7 @@ def test_genai_greedy_tokens_equal_generate(tmp_path, kind: str, share: bool) ->
         expected = ag.generate(model, ids, 24, params=params, eos_token_id=EOS)
         assert got.shape == expected.shape
         np.testing.assert_array_equal(got, expected, err_msg=f"{kind} share={share} B={batch}")
-        assert len(set(expected[0, 6:].tolist())) > 3  # the tokens really vary
+        assert len(set(expected[:, 6:].ravel().tolist())) > 3  # the tokens really vary
 
 
 def test_genai_window_changes_tokens(tmp_path) -> None:
