@@ -111,6 +111,31 @@ def test_ctrl_c_in_a_real_process(tmp_path) -> None:
     assert err.strip() == "interrupted" and "Traceback" not in err
 
 
+def test_validate_inputs_and_run_output(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    spec = _write(tmp_path, "m.py", ATTN_FILE)
+    feeds_path = str(tmp_path / "feeds.npz")
+    x = np.random.default_rng(5).standard_normal((3, 4, 16)).astype(np.float32)
+    np.savez(feeds_path, x=x)
+    code, out, err = _cli(capsys, "validate", spec, "--inputs", feeds_path, "--targets", "ort")
+    assert code == 0 and "feeds: x f32[3,4,16]" in out and "PASSED" in out, err
+    onnx_path, out_path = str(tmp_path / "m.onnx"), str(tmp_path / "out.npz")
+    assert _cli(capsys, "export", spec, "-o", onnx_path)[0] == 0
+    code, out, err = _cli(capsys, "run", onnx_path, "--inputs", feeds_path, "-o", out_path,
+                          "--repeat", "1")
+    assert code == 0 and f"wrote {out_path}" in out, err
+    with np.load(out_path, allow_pickle=False) as saved:
+        got = dict(saved)
+    import attngraph.cli._load as load
+
+    model, _ = load.load_model(spec)
+    want = model.predict(model.init(seed=0), {"x": x})
+    assert set(got) == set(want)
+    np.testing.assert_allclose(got["output"], want["output"], atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    code, _, err = _cli(capsys, "run", onnx_path, "-o", str(tmp_path / "out.txt"))
+    assert code == 2 and "expected a path ending in .npz" in err
+
+
 def test_cli_errors_do_not_point_into_attngraph_or_the_caller(
         capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     spec = _write(tmp_path, "dec.py", DECODER_FILE)
@@ -294,9 +319,11 @@ def small_gpt(tmp_path_factory) -> tuple[ag.Model, dict[str, np.ndarray], str]:
 
 @pytest.mark.parametrize("target", ["ort", "decomposed"])
 def test_onnxruntime_failures_name_the_layer_and_log_nothing(
-        small_gpt, target: str, capfd: pytest.CaptureFixture[str]) -> None:
+        small_gpt, target: str, tmp_path, capfd: pytest.CaptureFixture[str]) -> None:
     model, params, _ = small_gpt
-    session = ag.Session(model, params=params, target=target)
+    path = str(tmp_path / f"{target}.onnx")
+    ag.export(model, params, path, target=target)
+    session = ag.Session(path)  # a file: onnxruntime's failure, translated
     long_ids = np.ones((2, 13), np.int64)
     with pytest.raises(ag.AttnGraphError, match=r"^Session.run: positional_encoding 'wpe': "
                        r"sequence length 13 exceeds max_len=11"):
@@ -306,6 +333,13 @@ def test_onnxruntime_failures_name_the_layer_and_log_nothing(
         session.run({"input_ids": np.array([[1, 2, 300]])})
     out, err = capfd.readouterr()  # file-descriptor level: onnxruntime's C++ logger included
     assert "onnxruntime" not in err and "\x1b[" not in err and out == "", err
+    # a Session of a Model checks the limits before onnxruntime runs, negative ids included
+    # (onnxruntime's Gather would wrap them around silently)
+    checked = ag.Session(model, params=params, target=target)
+    for ids, needle in ((long_ids, "sequence length 13 exceeds max_len=11"),
+                        (np.array([[1, -1, 3]]), "given values in [-1, 3]")):
+        with pytest.raises(ag.FeedError, match=re.escape(needle)):
+            checked.run({"input_ids": ids})
     # the reference says the same things, naming the same layers
     with pytest.raises(ag.FeedError, match=r"positional_encoding 'wpe': sequence length 13 "
                        r"exceeds max_len=11 \(defined at test_robustness.py:\d+\)"):
@@ -387,3 +421,140 @@ def test_generate_progress_bar_stays_off_the_token_line(tmp_path, monkeypatch,
     assert screen[-1].endswith("tok/s)")
     if len(prompts) > 1:  # a batch prints at the end: a bar showed meanwhile, then was cleared
         assert "generate:" in terminal.text
+
+
+# -- item 13: one table renderer; item 10: the validation report says why ----------------------
+
+
+def test_one_renderer_for_every_table() -> None:
+    from attngraph._table import render
+
+    plain = render(["a", "bb"], [[1, None], ["ccc", 2.5]], align="lr")
+    assert plain.splitlines() == ["a     bb", "---  ---", "1", "ccc  2.5"]
+    grid = render(["a", "b"], [["x", "yy"]], style="grid").splitlines()
+    assert grid == ["+---+----+", "| a | b  |", "+---+----+", "| x | yy |", "+---+----+"]
+    assert render(["n"], [[3]], style="markdown", align="r").splitlines()[1] == "| --: |"
+    with pytest.raises(ValueError, match="2 cells"):
+        render(["a"], [[1, 2]])
+    # no module keeps a hand-written table: column widths are computed in _table.py only
+    for path in ("_summary.py", "_validate.py", "analysis.py"):
+        with open(os.path.join(REPO, "attngraph", path)) as f:
+            text = f.read()
+        assert "render(" in text and "ljust" not in text and "widths" not in text, path
+    with open(os.path.join(REPO, "examples", "demo.py")) as f:
+        demo = f.read()
+    assert "render(" in demo and "ljust" not in demo
+    bench = os.path.join(REPO, "bench")
+    with open(os.path.join(bench, "_attention_report.py")) as f:
+        assert 'style="markdown"' in f.read()
+    for name in os.listdir(bench):  # the attention benchmark is split into small modules
+        if name.endswith(".py") and name.startswith(("attention", "_attention")):
+            with open(os.path.join(bench, name)) as f:
+                assert len(f.read().splitlines()) < 400, name
+
+
+def test_validation_report_states_the_tolerance_and_why_a_case_passes() -> None:
+    from attngraph._validate import compare
+
+    ref = np.array([1e-5, 2.0, -3.0])
+    got = ref + np.array([1.5e-5, 1e-4, 0.0])  # rel err 1.5 at the near-zero element
+    check = compare("ort", "y", got, ref, "float32")
+    assert check.passed and check.max_rel == pytest.approx(1.5)
+    # the worst element uses |1e-4| / (1e-4 + 1e-4 * 2) = 1/3 of its tolerance
+    assert check.used == pytest.approx(1 / 3, rel=1e-3)
+    report = str(ag.ValidationReport("float32", [check]))
+    assert "1e-04 + 1e-04*|ref|" in report and "pass (worst element at 33.3% of its tolerance)" \
+        in report and "|got - ref| <= atol + rtol*|ref|" in report
+    bad = compare("ort", "y", ref + 1e-3, ref, "float32")
+    assert not bad.passed and "FAIL: worst element at" in bad.verdict()
+
+
+# -- item 10: API edges -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("providers, needle", [
+    (["CPUExecutionProvdier"], "did you mean 'CPUExecutionProvider'"),
+    (["NoSuchExecutionProvider"], "unavailable execution provider(s) ['NoSuchExecutionProvider']"),
+    ("CPUExecutionProvider", "must be a non-empty list"),
+    ([], "must be a non-empty list"),
+])
+def test_session_refuses_unknown_providers(providers: object, needle: str,
+                                           capfd: pytest.CaptureFixture[str]) -> None:
+    model = _dense_model()
+    proto = ag.export(model, model.init())
+    with pytest.raises(ag.ConfigError, match=re.escape(needle)):
+        ag.Session(proto, providers=providers)  # type: ignore[arg-type]
+    assert "EP Error" not in capfd.readouterr().out  # onnxruntime never got to fall back
+    assert ag.Session(proto, providers=["CPUExecutionProvider"]).device == "cpu"
+    assert ag.Session(proto, providers=[("CPUExecutionProvider", {})]).device == "cpu"
+
+
+def test_feed_error_lists_the_inputs_once() -> None:
+    model = _dense_model()
+    with pytest.raises(ag.FeedError) as info:
+        model.predict(model.init(), {"y": np.ones((2, 5), np.float32)})
+    message = str(info.value)
+    assert message == ("predict: missing feed(s) ['x']; unknown feed(s) ['y']; the model's "
+                       "inputs are ['x']")
+
+
+def test_int_window_is_causal_whatever_causal_says_and_the_docs_say_so() -> None:
+    x = ag.input("x", ("batch", "seq", 16))
+    outs = {c: ag.multi_head_attention(x, num_heads=2, window=3, causal=c, name=f"a{int(c)}")
+            for c in (False, True)}
+    model = ag.Model(x, {str(c): v for c, v in outs.items()})
+    params = model.init(seed=3)
+    params.update({k.replace("a0.", "a1."): v for k, v in params.items() if k.startswith("a0.")})
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, 6, 16)).astype(np.float32)}
+    got = model.predict(params, feeds)
+    np.testing.assert_array_equal(got["False"], got["True"])
+    doc = ag.scaled_dot_product_attention.__doc__ or ""
+    assert "causal=False does not" in " ".join(doc.split())
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert "`causal=False` does not make it two-sided" in " ".join(f.read().split())
+
+
+def test_package_is_typed() -> None:
+    import tomllib
+
+    assert os.path.isfile(os.path.join(REPO, "attngraph", "py.typed"))
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in package_data["attngraph"]
+
+
+# -- item 11: the README's examples run as a new user would run them ------------------------
+
+
+def _readme_blocks() -> list[tuple[str, str]]:
+    """(kind, code) of every block the README marks with `<!-- readme-test: KIND -->`."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    return re.findall(r"<!-- readme-test: (\w+) -->\n```\w*\n(.*?)```", text, re.DOTALL)
+
+
+def test_readme_says_how_to_install_and_what_a_model_file_defines() -> None:
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = " ".join(f.read().split())
+    assert "pip install ." in text and '".[viz]"' in text
+    for extra in ("viz", "genai", "cuda", "torch", "bench", "test", "dev"):
+        assert f"| `{extra}` |" in text, extra
+    assert "A model file is a Python file that defines" in text and "FILE.py:NAME" in text
+    kinds = [kind for kind, _ in _readme_blocks()]
+    assert kinds.count("python") >= 2 and kinds.count("sh") >= 1
+
+
+@pytest.mark.parametrize("index", range(len(_readme_blocks())))
+def test_readme_block_runs_from_the_repository_root_and_leaves_nothing(index: int) -> None:
+    kind, code = _readme_blocks()[index]
+    before = set(os.listdir(REPO))
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+               + os.environ.get("PATH", ""), MPLBACKEND="Agg")
+    argv = [sys.executable, "-c", code] if kind == "python" else ["bash", "-e", "-c", code]
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    new = set(os.listdir(REPO)) - before
+    # nothing new in the repository root (test tools' own caches, e.g. .hypothesis, aside)
+    assert {n for n in new if not n.startswith(".")} == set(), new
