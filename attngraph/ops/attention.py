@@ -25,9 +25,10 @@ from ._attention_stream import (
     lookback,
     slice_last,
     stream_attention,
+    stream_check,
     stream_last_query,
+    stream_state,
 )
-from ._attention_stream import looks_ahead as looks_ahead_stream
 from ._rope import rope_graph, rope_parts, rope_reference
 from ._shapes import Fail, need_float
 
@@ -334,24 +335,6 @@ def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
 # -- multi-head attention in step models and for the last query (see `_stream_plan.py`) -------
 
 
-def _mha_stream_check(node: Any, last_only: bool) -> str | None:
-    if node.inputs[1] is not None:
-        return "cross-attention reads a context that is not streamed; a step model runs " \
-               "self-attention only"
-    if node.inputs[2] is not None or node.inputs[3] is not None:
-        return "a key_padding_mask or mask input cannot follow a stream (every frame is real)"
-    if node.attrs["return_weights"]:
-        return "return_weights is for inspection; stream the model without it"
-    return None if last_only else looks_ahead_stream(node.attrs)
-
-
-def _mha_stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
-    keep = lookback(node.attrs, last_only)
-    length = "past" if keep is None else f"past_w{keep}"
-    kv, d, dv = node.attrs["num_kv_heads"], node.attrs["head_dim"], value_dim(node.attrs)
-    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, dv)}
-
-
 def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x: np.ndarray,
                     *_: Any) -> tuple[np.ndarray]:
     last, keep = ctx.last_only(node), lookback(attrs, ctx.last_only(node))
@@ -411,5 +394,5 @@ def _mha_check(attrs: Any, x: np.ndarray, ctx: np.ndarray | None, kpm: np.ndarra
 register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
          ort=_mha_lower, onnx=_mha_lower, check=_mha_check,
          decode=DecodeForms(_mha_decode_ref, _mha_decode_lower, _mha_decode_check, _mha_cache),
-         stream=StreamForms(_mha_stream_check, _mha_stream_state, _mha_stream_ref,
+         stream=StreamForms(stream_check, stream_state, _mha_stream_ref,
                             _mha_stream_lower, _mha_last_query))
