@@ -104,6 +104,13 @@ def test_padding_mask_checked_at_predict_time_when_dims_are_symbolic() -> None:
         model.predict(params, bad)
     with pytest.raises(ag.FeedError, match="'attn'"):
         ag.validate(model, params, bad, targets=("decomposed",))
+    for target in ("ort", "onnx", "decomposed"):  # a Session of the Model checks first
+        session = ag.Session(model, params=params, target=target)
+        with pytest.raises(ag.FeedError, match=r"^Session.run: multi_head_attention 'attn': "
+                           r"key_padding_mask must be \[batch, kv_seq\] = \[2,5\]"):
+            session.run(bad)
+        np.testing.assert_allclose(session.run(good)["output"],
+                                   model.predict(params, good)["output"], atol=1e-4)
 
 
 def test_sdpa_mask_checked_at_predict_time_with_a_hint() -> None:
