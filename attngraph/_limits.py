@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class Limit:
     size: int
     op: str
     layer: str
+    node: Any = None  # `masks`: an attention node whose mask sizes the feeds decide
 
 
 def feed_limits(model: Model) -> list[Limit]:
@@ -44,6 +45,9 @@ def feed_limits(model: Model) -> list[Limit]:
                 and src is not None and isinstance(src.type.shape[1], str):
             out.append(Limit("length", src.type.shape[1], int(node.attrs["max_len"]), node.op,
                              model.name_of(node)))
+        if node.op in ("multi_head_attention", "attention") and any(
+                v is not None for v in node.inputs[-2:]):
+            out.append(Limit("masks", "", 0, node.op, model.name_of(node), node))
     return out
 
 
@@ -62,6 +66,38 @@ def check_limits(limits: list[Limit], types: Mapping[str, tuple[object, ...]],
                 raise FeedError(f"{where}: {limit.op} '{limit.layer}': ids must lie in "
                                 f"[0, {limit.size}), given values in [{ids.min()}, "
                                 f"{ids.max()}] (input {limit.name!r})")
-        elif bound.get(limit.name, 0) > limit.size:
+        elif limit.kind == "length" and bound.get(limit.name, 0) > limit.size:
             raise FeedError(f"{where}: {limit.op} '{limit.layer}': sequence length "
                             f"{bound[limit.name]} exceeds max_len={limit.size}")
+        elif limit.kind == "masks":
+            problem = _mask_sizes(limit.node, bound)
+            if problem is not None:
+                raise FeedError(f"{where}: {limit.op} '{limit.layer}': {problem}")
+
+
+def _mask_sizes(node: Any, bound: Mapping[str, int]) -> str | None:
+    """The attention op's own run-time mask check, on sizes the feeds bind (None when a size
+    is still open: onnxruntime's error is translated then)."""
+    from .ops.attention import masks_problem
+
+    def size(dim: Any) -> int | None:
+        return dim if isinstance(dim, int) else bound.get(dim) if isinstance(dim, str) else None
+
+    def shape(value: Any) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        dims = tuple(size(d) for d in value.type.shape)
+        return None if any(d is None for d in dims) else dims  # type: ignore[return-value]
+
+    if node.op == "attention":
+        q, k = node.inputs[0].type.shape, node.inputs[1].type.shape
+        batch, heads, sq, sk = size(q[0]), size(q[1]), size(q[2]), size(k[2])
+    else:
+        x = node.inputs[0].type.shape
+        src = (node.inputs[1] or node.inputs[0]).type.shape
+        batch, heads, sq, sk = size(x[0]), node.attrs["num_heads"], size(x[1]), size(src[1])
+    kpm, mask = (shape(v) for v in node.inputs[-2:])
+    if None in (batch, heads, sq, sk) or (node.inputs[-2] is not None and kpm is None) \
+            or (node.inputs[-1] is not None and mask is None):
+        return None
+    return masks_problem(batch, heads, sq, sk, kpm, mask)  # type: ignore[arg-type]
