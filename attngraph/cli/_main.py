@@ -28,6 +28,7 @@ COMMANDS = (
     "run",
     "generate",
     "stream",
+    "serve",
 )
 
 DESCRIPTION = """\
