@@ -146,7 +146,8 @@ class Server:
             config = ModelConfig(batching=m.max_batch_size > 0,
                                  max_batch_size=max(m.max_batch_size, 1),
                                  batcher=DynamicBatcher(
-                                     max_queue_delay_microseconds=m.max_queue_delay_us))
+                                     max_queue_delay_microseconds=m.max_queue_delay_us)
+                                 if m.dynamic_batching else None)  # None: no batcher
             funcs = [_infer_function(s, m.max_batch_size > 0) for s in sessions]
             bindings.append((m.name, funcs, inputs, outputs, config))
         _python_library_first()
