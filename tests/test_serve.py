@@ -241,8 +241,17 @@ def test_find_models_reads_repository_configs(tmp_path) -> None:
         find_models(str(tmp_path / "gpu"))
 
 
-def test_serve_mistakes(tmp_path) -> None:
+def test_serve_mistakes(tmp_path, capsys) -> None:
     from attngraph.cli import main
 
     assert main(["serve", str(tmp_path / "missing.onnx")]) == 2
     assert main(["serve", str(tmp_path)]) == 2  # a folder with no config.pbtxt
+    model = encoder()
+    path = str(tmp_path / "enc.onnx")
+    ag.export(model, model.init(seed=0), path)
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", path, "--port", str(port)]) == 2
+    assert f"cannot listen on {HOST}:{port}" in capsys.readouterr().err
