@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import ParamError
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, file_mapping
 
 if TYPE_CHECKING:
     from ._graph import Node, ParamSpec
@@ -51,13 +51,17 @@ def _is_float(arr: np.ndarray) -> bool:
 
 
 def check_params(
-    specs: Mapping[str, tuple[Node, ParamSpec]], params: Mapping[str, Any]
+    specs: Mapping[str, tuple[Node, ParamSpec]], params: Mapping[str, Any], *, lazy: bool = False
 ) -> dict[str, np.ndarray]:
     """Check every name, shape and dtype; report all mismatches in one ParamError.
 
     Float parameters of any width (float16, float64, bfloat16) are converted to float32. Any
     other dtype is refused: an int8/int32/uint8 kernel is most likely a quantized weight, and
     casting it would silently give a different model.
+
+    lazy: (export) read each parameter once to check it, convert nothing, and return only the
+        arrays that cost no memory to hold: a plain dict's own values and views of
+        memory-mapped files. The caller reads the others again, one at a time, when needed.
     """
     if not isinstance(params, Mapping):
         raise ParamError(f"params must be a dict name -> array, given {type(params).__name__}")
@@ -81,8 +85,10 @@ def check_params(
         elif tuple(arr.shape) != spec.shape:
             problems.append(f"{name!r}: expected shape {list(spec.shape)}, given "
                             f"{list(arr.shape)} ({node.op} defined at {node.location})")
-        else:
+        elif not lazy:
             out[name] = arr.astype(np.float32, copy=False)
+        elif type(params) is dict or file_mapping(arr) is not None:
+            out[name] = arr
     for name in params:
         if name not in specs:
             problems.append(f"unknown parameter {name!r}")

@@ -17,6 +17,7 @@ import numpy as np
 from ._errors import ConfigError, FeedError, caller_location, layer_message
 from ._feeds import check_feeds
 from ._model import Model
+from ._ort_errors import explain, layers_of
 from ._params import check_params
 from ._stream_plan import (
     FRAMES,
@@ -201,10 +202,11 @@ class _Bound:
             for name in self.outputs:
                 binding.bind_output(name, "cpu")
             for name, arr in arrays.items():
-                binding.bind_cpu_input(name, arr)
+                binding.bind_cpu_input(name, np.ascontiguousarray(arr))
             self.session.session.run_with_iobinding(binding)
         except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
-            raise RuntimeFailure(f"Stream.step: onnxruntime failed: {exc}") from None
+            raise RuntimeFailure(explain("Stream.step", exc, layers_of(self.session.metadata))
+                                 ) from None
         self.binding = binding
         values = binding.get_outputs()  # in the order bound: state, then outputs
         self.state = values[: len(self.keep)]

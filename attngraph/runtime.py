@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ._errors import AttnGraphError, ExportError, FeedError
+from ._errors import AttnGraphError, ConfigError, ExportError, FeedError
 from ._feeds import check_feeds
+from ._limits import check_limits, feed_limits
 from ._ort_errors import explain, layers_of
 from ._types import TensorType
 
@@ -62,11 +64,15 @@ class Session:
 
         ort.set_default_logger_severity(_LOG_SEVERITY)
         data = self._load_bytes(model_or_path, params, target, dtype)
+        from ._model import Model
+
+        self._limits = feed_limits(model_or_path) if isinstance(model_or_path, Model) else []
         options = ort.SessionOptions()
         options.log_severity_level = _LOG_SEVERITY
         if threads is not None:
             options.intra_op_num_threads = threads
-        self.providers = list(providers) if providers is not None else default_providers()
+        self.providers = (_checked_providers(providers) if providers is not None
+                          else default_providers())
         try:
             self._session = ort.InferenceSession(data, options, providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises plain RuntimeErrors
@@ -114,6 +120,8 @@ class Session:
         """Check feeds against the model's inputs (names, dtypes, shapes; NaN/Inf when
         `check_finite`), run, and return outputs by name."""
         arrays = check_feeds(self.inputs, feeds, check_finite=check_finite, where="Session.run")
+        check_limits(self._limits, {k: t.shape for k, t in self.inputs.items()}, arrays,
+                     "Session.run")
         names = list(outputs) if outputs is not None else self.output_names
         unknown = [n for n in names if n not in self.output_names]
         if unknown:
@@ -177,6 +185,26 @@ class Session:
     def session(self) -> Any:
         """The underlying onnxruntime.InferenceSession."""
         return self._session
+
+
+def _checked_providers(providers: Any) -> list[Any]:
+    """The providers as given, when this onnxruntime offers each; a ConfigError otherwise.
+
+    onnxruntime itself would print a warning and silently run on the CPU instead. Entries are
+    names or (name, options) pairs, as onnxruntime takes them.
+    """
+    if isinstance(providers, str) or not isinstance(providers, Sequence) or not providers:
+        raise ConfigError(f"Session: providers must be a non-empty list of execution provider "
+                          f"names, given {providers!r}")
+    available = available_providers()
+    names = [p[0] if isinstance(p, tuple) and p else p for p in providers]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        close = {n: difflib.get_close_matches(str(n), available, n=1) for n in unknown}
+        hints = "".join(f"; did you mean {c[0]!r} for {n!r}?" for n, c in close.items() if c)
+        raise ConfigError(f"Session: unavailable execution provider(s) {unknown}; this "
+                          f"onnxruntime offers {available}{hints}")
+    return list(providers)
 
 
 def _tensor_type(info: Any) -> TensorType:

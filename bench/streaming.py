@@ -39,7 +39,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import attngraph as ag  # noqa: E402
+import attngraph as ag
 
 EMBED, WINDOW, LONG = 1024, 60, 4096
 TARGETS = ("ort", "onnx", "decomposed")
@@ -122,8 +122,9 @@ def run_cell(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames and repeats")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="onnxruntime intra-op threads (default: onnxruntime's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="onnxruntime intra-op threads (1: a real-time loop's setting; 0: "
+                        "onnxruntime's default)")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--cell", help=argparse.SUPPRESS)
@@ -133,6 +134,7 @@ def main() -> int:
         return 0
     frames, rerun_every, repeats = (300, 4, 3) if args.quick else (2000, 4, 5)
     targets = args.targets.split(",")
+    args.threads = args.threads or None
     rows = []
     for name in ("sliding_window", "hybrid"):
         for target in targets:
@@ -181,13 +183,14 @@ def write(name: str, rows: list[dict[str, Any]], long_rows: list[dict[str, Any]]
     lines = [
         "# Streaming: step model vs re-running the last 60 frames, per frame",
         "",
-        f"Seed sizes (embed 1024, window 60, 4 heads x 64, 2 layers, ffn 256; hybrid: "
-        f"lstm_hidden 256, window_size 60), batch 1, chunk 1, onnxruntime {env['onnxruntime']} "
-        f"CPU, {env['cpus']} cores, threads {args.threads or 'default'}, {env['date']}. "
-        "Per-frame latency end to end from Python; the machine is shared, compare ratios.",
+        (f"Seed sizes (embed 1024, window 60, 4 heads x 64, 2 layers, ffn 256; hybrid: "
+         f"lstm_hidden 256, window_size 60), batch 1, chunk 1, onnxruntime "
+         f"{env['onnxruntime']} CPU, {env['cpus']} cores, threads {args.threads or 'default'}, "
+         f"{env['date']}. Per-frame latency end to end from Python; the machine is shared, "
+         "compare ratios."),
         "",
-        "| model | target | stream p50 ms | stream p99 ms | stream frames/s | rerun p50 ms "
-        "| rerun p99 ms | rerun frames/s | rerun p50 / stream p50 | stream p99 / p50 |",
+        ("| model | target | stream p50 ms | stream p99 ms | stream frames/s | rerun p50 ms "
+         "| rerun p99 ms | rerun frames/s | rerun p50 / stream p50 | stream p99 / p50 |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

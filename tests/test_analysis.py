@@ -257,5 +257,24 @@ def test_head_importance_with_a_loss() -> None:
     assert ranking[0].head == 1 and ranking[0].score > 0
     with pytest.raises(ag.ConfigError, match="metric must be one of"):
         ag.head_importance(model, params, feeds, metric="kl")
-    with pytest.raises(ag.ConfigError, match="layers must name multi_head_attention layers"):
+    with pytest.raises(ag.ConfigError, match="layers must name attention layers"):
         ag.head_importance(model, params, feeds, layers=["nope"])
+
+
+def test_head_importance_of_a_module_with_separate_key_and_value() -> None:
+    """attention_module with separate inputs is dense layers around one `attention` node: its
+    heads are ablated through the `{name}.output` projection."""
+    q = ag.input("q", ("batch", "seq", 10))
+    k = ag.input("k", ("batch", "kv", 6))
+    v = ag.input("v", ("batch", "kv", 7))
+    y = ag.attention_module(q, k, v, num_heads=3, key_dim=4, value_dim=5, use_residual=False,
+                            use_layer_norm=False, name="mem")
+    model = ag.Model([q, k, v], y)
+    params = model.init(seed=2)
+    params["mem.output.kernel"][:5] = 0.0  # heads 0 and 2 add nothing
+    params["mem.output.kernel"][10:] = 0.0
+    feeds = {"q": randn(2, 4, 10, seed=1), "k": randn(2, 6, 6, seed=2),
+             "v": randn(2, 6, 7, seed=3)}
+    ranking = ag.head_importance(model, params, feeds)
+    assert (ranking[0].layer, ranking[0].head) == ("mem", 1)
+    assert ranking[0].score > 1e-3 and ranking[1].score == ranking[2].score == 0.0

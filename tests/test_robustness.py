@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 
-import attngraph as ag
 from attngraph.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +110,31 @@ def test_ctrl_c_in_a_real_process(tmp_path) -> None:
     assert err.strip() == "interrupted" and "Traceback" not in err
 
 
+def test_validate_inputs_and_run_output(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    spec = _write(tmp_path, "m.py", ATTN_FILE)
+    feeds_path = str(tmp_path / "feeds.npz")
+    x = np.random.default_rng(5).standard_normal((3, 4, 16)).astype(np.float32)
+    np.savez(feeds_path, x=x)
+    code, out, err = _cli(capsys, "validate", spec, "--inputs", feeds_path, "--targets", "ort")
+    assert code == 0 and "feeds: x f32[3,4,16]" in out and "PASSED" in out, err
+    onnx_path, out_path = str(tmp_path / "m.onnx"), str(tmp_path / "out.npz")
+    assert _cli(capsys, "export", spec, "-o", onnx_path)[0] == 0
+    code, out, err = _cli(capsys, "run", onnx_path, "--inputs", feeds_path, "-o", out_path,
+                          "--repeat", "1")
+    assert code == 0 and f"wrote {out_path}" in out, err
+    with np.load(out_path, allow_pickle=False) as saved:
+        got = dict(saved)
+    import attngraph.cli._load as load
+
+    model, _ = load.load_model(spec)
+    want = model.predict(model.init(seed=0), {"x": x})
+    assert set(got) == set(want)
+    np.testing.assert_allclose(got["output"], want["output"], atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    code, _, err = _cli(capsys, "run", onnx_path, "-o", str(tmp_path / "out.txt"))
+    assert code == 2 and "expected a path ending in .npz" in err
+
+
 def test_cli_errors_do_not_point_into_attngraph_or_the_caller(
         capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     spec = _write(tmp_path, "dec.py", DECODER_FILE)
@@ -170,158 +194,6 @@ def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
     with open(os.path.join(REPO, "Makefile")) as f:
         makefile = f.read()
     assert "test-min:" in makefile and ".ci/min-versions.txt" in makefile
-
-
-# -- item 4: parameter dtypes ---------------------------------------------------------------
-
-
-def _dense_model() -> ag.Model:
-    x = ag.input("x", ("batch", 5))
-    return ag.Model(x, ag.dense(x, 3, name="proj"))
-
-
-@pytest.mark.parametrize("dtype", ["int64", "int32", "uint8", "int8", "bool", "complex64"])
-def test_non_float_kernels_are_refused_everywhere(tmp_path, dtype: str) -> None:
-    model = _dense_model()
-    params = model.init(seed=1)
-    params["proj.kernel"] = np.ones((5, 3), dtype=dtype)
-    feeds = {"x": np.ones((2, 5), np.float32)}
-    for call in (lambda: model.predict(params, feeds), lambda: ag.export(model, params)):
-        with pytest.raises(ag.ParamError, match=rf"'proj.kernel': expected a float array.*"
-                           rf"given dtype {dtype}.*dense defined at test_robustness.py:\d+"):
-            call()
-    if dtype != "complex64":  # safetensors stores the rest; loading with the model refuses
-        path = tmp_path / "p.safetensors"
-        ag.save_params(params, path)
-        with pytest.raises(ag.ParamError, match="quantized|expected a float array"):
-            ag.load_params(path, model)
-
-
-@pytest.mark.parametrize("dtype", ["float16", "float64"])
-def test_float_kernels_of_other_widths_are_converted(dtype: str) -> None:
-    model = _dense_model()
-    params = model.init(seed=1)
-    params["proj.kernel"] = params["proj.kernel"].astype(dtype)
-    feeds = {"x": np.random.default_rng(3).standard_normal((2, 5)).astype(np.float32)}
-    exact = {k: v.astype(np.float32) for k, v in params.items()}
-    got, want = model.predict(params, feeds), model.predict(exact, feeds)
-    np.testing.assert_array_equal(next(iter(got.values())), next(iter(want.values())))
-    proto = ag.export(model, params)
-    kernel = next(t for t in proto.graph.initializer if t.name == "proj.kernel")
-    assert kernel.data_type == 1  # FLOAT
-
-
-# -- item 10: save_params of things that are not arrays ------------------------------------
-
-
-@pytest.mark.parametrize("params, needle", [
-    ({"a": "hello"}, "'a' is not a numeric array (given str)"),
-    ({"a": np.array(["x", "y"])}, "'a' is not a numeric array"),
-    ({"a": [{}]}, "'a' is not a numeric array"),
-    ({1: np.ones(2)}, "name 1 is not a string"),
-    ([np.ones(2)], "must be a dict"),
-])
-@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
-def test_save_params_refuses_non_arrays(tmp_path, params: object, needle: str,
-                                        suffix: str) -> None:
-    path = tmp_path / f"p{suffix}"
-    with pytest.raises(ag.ParamError, match=re.escape(needle)):
-        ag.save_params(params, path)  # type: ignore[arg-type]
-    assert not path.exists()
-
-
-# -- item 5: masks with symbolic dims ---------------------------------------------------------
-
-
-def test_2d_mask_over_batch_is_refused_at_build_time_with_a_hint() -> None:
-    x = ag.input("x", ("batch", "seq", 16))
-    m = ag.input("m", ("batch", "seq"), "bool")
-    with pytest.raises(ag.AttnGraphError, match=r"multi_head_attention 'attn': mask must "
-                       r"broadcast .* given bool\[batch,seq\]; .*goes in key_padding_mask=.*"
-                       r"defined at test_robustness.py:\d+"):
-        ag.multi_head_attention(x, num_heads=2, mask=m, name="attn")
-    # a [q_seq, kv_seq] mask (or one that broadcasts) is fine
-    ok = ag.input("ok", ("seq", "seq"), "bool")
-    ag.multi_head_attention(x, num_heads=2, mask=ok, name="attn2")
-
-
-def test_padding_mask_checked_at_predict_time_when_dims_are_symbolic() -> None:
-    x = ag.input("x", ("batch", "seq", 16))
-    kpm = ag.input("kpm", ("batch", 7), "bool")
-    model = ag.Model([x, kpm], ag.multi_head_attention(x, num_heads=2, key_padding_mask=kpm,
-                                                       name="attn"))
-    params = model.init(seed=2)
-    r = np.random.default_rng(0)
-    good = {"x": r.standard_normal((2, 7, 16)).astype(np.float32), "kpm": np.ones((2, 7), bool)}
-    assert next(iter(model.predict(params, good).values())).shape == (2, 7, 16)
-    bad = {"x": r.standard_normal((2, 5, 16)).astype(np.float32), "kpm": np.ones((2, 7), bool)}
-    with pytest.raises(ag.FeedError, match=r"multi_head_attention 'attn': key_padding_mask must "
-                       r"be \[batch, kv_seq\] = \[2,5\] for these feeds, given \[2, 7\] "
-                       r"\(defined at test_robustness.py:\d+\)"):
-        model.predict(params, bad)
-    with pytest.raises(ag.FeedError, match="'attn'"):
-        ag.validate(model, params, bad, targets=("decomposed",))
-
-
-def test_sdpa_mask_checked_at_predict_time_with_a_hint() -> None:
-    q = ag.input("q", ("batch", 3, "sq", 8))
-    kv = ag.input("kv", ("batch", 3, "sk", 8))
-    m = ag.input("m", ("b2", "sk"), "bool")  # a padding mask passed as mask=
-    model = ag.Model([q, kv, m], ag.scaled_dot_product_attention(q, kv, kv, mask=m, name="sd"))
-    r = np.random.default_rng(1)
-    feeds = {"q": r.standard_normal((2, 3, 5, 8)).astype(np.float32),
-             "kv": r.standard_normal((2, 3, 4, 8)).astype(np.float32),
-             "m": np.ones((2, 4), bool)}
-    with pytest.raises(ag.FeedError, match=r"attention 'sd': mask must broadcast to \[batch, "
-                       r"heads, q_seq, kv_seq\] = \[2,3,5,4\] for these feeds, given \[2, 4\]; "
-                       r".*key_padding_mask="):
-        model.predict({}, feeds)
-    feeds["m"] = np.ones((5, 4), bool)  # [q_seq, kv_seq] is what it broadcasts from
-    assert model.predict({}, feeds)["output"].shape == (2, 3, 5, 8)
-
-
-# -- item 7: onnxruntime's errors in our words, and its logger quiet ---------------------------
-
-
-@pytest.fixture(scope="module")
-def small_gpt(tmp_path_factory) -> tuple[ag.Model, dict[str, np.ndarray], str]:
-    model = ag.models.gpt(vocab_size=50, n_positions=11, n_embd=16, n_layer=1, n_head=2)
-    params = model.init(seed=4)
-    path = str(tmp_path_factory.mktemp("gpt") / "g.onnx")
-    ag.export(model, params, path)
-    return model, params, path
-
-
-@pytest.mark.parametrize("target", ["ort", "decomposed"])
-def test_onnxruntime_failures_name_the_layer_and_log_nothing(
-        small_gpt, target: str, capfd: pytest.CaptureFixture[str]) -> None:
-    model, params, _ = small_gpt
-    session = ag.Session(model, params=params, target=target)
-    long_ids = np.ones((2, 13), np.int64)
-    with pytest.raises(ag.AttnGraphError, match=r"^Session.run: positional_encoding 'wpe': "
-                       r"sequence length 13 exceeds max_len=11"):
-        session.run({"input_ids": long_ids})
-    with pytest.raises(ag.AttnGraphError, match=r"^Session.run: embedding 'wte': ids must lie "
-                       r"in \[0, 50\), given 300$"):
-        session.run({"input_ids": np.array([[1, 2, 300]])})
-    out, err = capfd.readouterr()  # file-descriptor level: onnxruntime's C++ logger included
-    assert "onnxruntime" not in err and "\x1b[" not in err and out == "", err
-    # the reference says the same things, naming the same layers
-    with pytest.raises(ag.FeedError, match=r"positional_encoding 'wpe': sequence length 13 "
-                       r"exceeds max_len=11 \(defined at test_robustness.py:\d+\)"):
-        model.predict(params, {"input_ids": long_ids})
-    with pytest.raises(ag.FeedError, match=r"embedding 'wte': ids must lie in \[0, 50\)"):
-        model.predict(params, {"input_ids": np.array([[1, 2, 300]])})
-
-
-def test_cli_run_past_max_positions_is_one_clear_line(small_gpt, tmp_path) -> None:
-    _, _, path = small_gpt
-    result = subprocess.run([sys.executable, "-m", "attngraph", "run", path, "--seq", "40"],
-                            check=False, capture_output=True, text=True, cwd=str(tmp_path),
-                            timeout=120)
-    assert result.returncode == 2
-    assert result.stderr == ("error: Session.run: positional_encoding 'wpe': sequence length 40 "
-                             "exceeds max_len=11 (the positions it was built with)\n")
 
 
 # -- item 8: generate's progress bar never shares the terminal line with the tokens ---------------
@@ -387,3 +259,40 @@ def test_generate_progress_bar_stays_off_the_token_line(tmp_path, monkeypatch,
     assert screen[-1].endswith("tok/s)")
     if len(prompts) > 1:  # a batch prints at the end: a bar showed meanwhile, then was cleared
         assert "generate:" in terminal.text
+
+
+# -- item 11: the README's examples run as a new user would run them ------------------------
+
+
+def _readme_blocks() -> list[tuple[str, str]]:
+    """(kind, code) of every block the README marks with `<!-- readme-test: KIND -->`."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    return re.findall(r"<!-- readme-test: (\w+) -->\n```\w*\n(.*?)```", text, re.DOTALL)
+
+
+def test_readme_says_how_to_install_and_what_a_model_file_defines() -> None:
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = " ".join(f.read().split())
+    assert "pip install ." in text and '".[viz]"' in text
+    for extra in ("viz", "genai", "cuda", "torch", "bench", "test", "dev"):
+        assert f"| `{extra}` |" in text, extra
+    assert "A model file is a Python file that defines" in text and "FILE.py:NAME" in text
+    kinds = [kind for kind, _ in _readme_blocks()]
+    assert kinds.count("python") >= 2 and kinds.count("sh") >= 1
+
+
+@pytest.mark.parametrize("index", range(len(_readme_blocks())))
+def test_readme_block_runs_from_the_repository_root_and_leaves_nothing(index: int) -> None:
+    kind, code = _readme_blocks()[index]
+    before = set(os.listdir(REPO))
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+               + os.environ.get("PATH", ""), MPLBACKEND="Agg")
+    argv = [sys.executable, "-c", code] if kind == "python" else ["bash", "-e", "-c", code]
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    new = set(os.listdir(REPO)) - before
+    # nothing new in the repository root (test tools' own caches, e.g. .hypothesis, aside)
+    assert {n for n in new if not n.startswith(".")} == set(), new

@@ -55,6 +55,27 @@ def looks_ahead(attrs: Any) -> str | None:
     return None
 
 
+def stream_check(node: Any, last_only: bool) -> str | None:
+    """Why a multi_head_attention node cannot stream, or None."""
+    if node.inputs[1] is not None:
+        return "cross-attention reads a context that is not streamed; a step model runs " \
+               "self-attention only"
+    if node.inputs[2] is not None or node.inputs[3] is not None:
+        return "a key_padding_mask or mask input cannot follow a stream (every frame is real)"
+    if node.attrs["return_weights"]:
+        return "return_weights is for inspection; stream the model without it"
+    return None if last_only else looks_ahead(node.attrs)
+
+
+def stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
+    """The key / value caches of a streamed multi_head_attention node."""
+    keep = lookback(node.attrs, last_only)
+    length = "past" if keep is None else f"past_w{keep}"
+    kv, d = node.attrs["num_kv_heads"], node.attrs["head_dim"]
+    dv = int(node.attrs.get("value_dim", d))
+    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, dv)}
+
+
 def slice_last(b: Any, x: str) -> str:
     """x [B, S, ...] -> [B, 1, ...]: the last position."""
     return b.op1("Slice", [x, b.ints([-1]), b.ints([_LAST]), b.ints([1])], tag="last_query")

@@ -25,9 +25,10 @@ from ._attention_stream import (
     lookback,
     slice_last,
     stream_attention,
+    stream_check,
     stream_last_query,
+    stream_state,
 )
-from ._attention_stream import looks_ahead as looks_ahead_stream
 from ._rope import rope_graph, rope_parts, rope_reference
 from ._shapes import Fail, need_float
 
@@ -59,18 +60,23 @@ def _padding_hint(rank: int) -> str:
             "key_padding_mask=, True/1 = attend" if rank == 2 else "")
 
 
-def _masks_problem(batch: int, hq: int, sq: int, sk: int, kpm: np.ndarray | None,
-                   mask: np.ndarray | None) -> str | None:
-    """The run-time half of `_check_masks`: sizes that symbolic dims left open at build time."""
-    if kpm is not None and tuple(kpm.shape) != (batch, sk):
+def masks_problem(batch: int, hq: int, sq: int, sk: int, kpm: tuple[int, ...] | None,
+                  mask: tuple[int, ...] | None) -> str | None:
+    """The run-time half of `_check_masks` on concrete shapes: sizes that symbolic dims left
+    open at build time (used by the interpreter and by `ag.Session` of a Model)."""
+    if kpm is not None and tuple(kpm) != (batch, sk):
         return (f"key_padding_mask must be [batch, kv_seq] = [{batch},{sk}] for these feeds, "
-                f"given {list(kpm.shape)}")
+                f"given {list(kpm)}")
     full = (batch, hq, sq, sk)
-    if mask is not None and (mask.ndim > 4 or any(
-            d != 1 and d != f for d, f in zip(mask.shape[::-1], full[::-1]))):
+    if mask is not None and (len(mask) > 4 or any(
+            d != 1 and d != f for d, f in zip(mask[::-1], full[::-1]))):
         return (f"mask must broadcast to [batch, heads, q_seq, kv_seq] = [{batch},{hq},{sq},"
-                f"{sk}] for these feeds, given {list(mask.shape)}{_padding_hint(mask.ndim)}")
+                f"{sk}] for these feeds, given {list(mask)}{_padding_hint(len(mask))}")
     return None
+
+
+def _shape(a: np.ndarray | None) -> tuple[int, ...] | None:
+    return None if a is None else tuple(int(d) for d in a.shape)
 
 
 def attn_facts(node: Any, same_len: bool, hq: int, hkv: int, d: int, dv: int) -> Attn:
@@ -147,7 +153,8 @@ def _sdpa_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
 
 def _sdpa_check(attrs: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                 kpm: np.ndarray | None, mask: np.ndarray | None) -> str | None:
-    return _masks_problem(q.shape[0], q.shape[1], q.shape[2], k.shape[2], kpm, mask)
+    return masks_problem(q.shape[0], q.shape[1], q.shape[2], k.shape[2], _shape(kpm),
+                         _shape(mask))
 
 
 register("attention", infer=_sdpa_infer, reference=_sdpa_ref, decomposed=_sdpa_lower,
@@ -334,24 +341,6 @@ def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
 # -- multi-head attention in step models and for the last query (see `_stream_plan.py`) -------
 
 
-def _mha_stream_check(node: Any, last_only: bool) -> str | None:
-    if node.inputs[1] is not None:
-        return "cross-attention reads a context that is not streamed; a step model runs " \
-               "self-attention only"
-    if node.inputs[2] is not None or node.inputs[3] is not None:
-        return "a key_padding_mask or mask input cannot follow a stream (every frame is real)"
-    if node.attrs["return_weights"]:
-        return "return_weights is for inspection; stream the model without it"
-    return None if last_only else looks_ahead_stream(node.attrs)
-
-
-def _mha_stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
-    keep = lookback(node.attrs, last_only)
-    length = "past" if keep is None else f"past_w{keep}"
-    kv, d, dv = node.attrs["num_kv_heads"], node.attrs["head_dim"], value_dim(node.attrs)
-    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, dv)}
-
-
 def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x: np.ndarray,
                     *_: Any) -> tuple[np.ndarray]:
     last, keep = ctx.last_only(node), lookback(attrs, ctx.last_only(node))
@@ -405,11 +394,12 @@ def _mha_last_query(b: Any, node: Any, ins: list[str]) -> list[str]:
 def _mha_check(attrs: Any, x: np.ndarray, ctx: np.ndarray | None, kpm: np.ndarray | None,
                mask: np.ndarray | None) -> str | None:
     src = x if ctx is None else ctx
-    return _masks_problem(x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], kpm, mask)
+    return masks_problem(x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], _shape(kpm),
+                         _shape(mask))
 
 
 register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
          ort=_mha_lower, onnx=_mha_lower, check=_mha_check,
          decode=DecodeForms(_mha_decode_ref, _mha_decode_lower, _mha_decode_check, _mha_cache),
-         stream=StreamForms(_mha_stream_check, _mha_stream_state, _mha_stream_ref,
+         stream=StreamForms(stream_check, stream_state, _mha_stream_ref,
                             _mha_stream_lower, _mha_last_query))
