@@ -101,8 +101,10 @@ def cell_error(work: str, mode: str, prompt: int) -> dict[str, Any]:
     import attngraph as ag
 
     ids = _prompt(prompt)
-    feeds = _prefill_feeds(ag.Session(os.path.join(work, "fp32.onnx")), ids)
-    ref = ag.Session(os.path.join(work, "fp32.onnx")).run(feeds, outputs=["logits"])["logits"]
+    fp32 = ag.Session(os.path.join(work, "fp32.onnx"))
+    feeds = _prefill_feeds(fp32, ids)
+    ref = fp32.run(feeds, outputs=["logits"])["logits"]
+    del fp32
     got = ag.Session(os.path.join(work, f"{mode}.onnx")).run(feeds, outputs=["logits"])["logits"]
     diff = got.astype(np.float64) - ref
     return {"rms_err_ratio": float(np.sqrt(np.mean(diff**2)) / np.sqrt(np.mean(ref**2.0))),
@@ -160,6 +162,7 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--tokens", type=int, default=24)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--modes", default=",".join(MODES), help="weights to compare (fp32 first)")
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--cell", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
@@ -192,14 +195,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                               "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
     report["build"] = run_cell(args, "build")
-    report["quantize"] = {m: run_cell(args, "quantize", m) for m in MODES[1:]}
-    report["size"] = {m: _size(args.work, m) for m in MODES}
-    report["error"] = {m: run_cell(args, "error", m) for m in MODES[1:]}
+    modes = report["modes"] = args.modes.split(",")
+    if modes[0] != "fp32" or not set(modes) <= set(MODES) or "int4" not in modes:
+        raise SystemExit(f"--modes: fp32 first, then int4 and optionally int8; given {modes}")
+    report["quantize"] = {m: run_cell(args, "quantize", m) for m in modes[1:]}
+    report["size"] = {m: _size(args.work, m) for m in modes}
+    report["error"] = {m: run_cell(args, "error", m) for m in modes[1:]}
     decode: dict[str, dict[str, Any]] = {}
     rounds: list[dict[str, float]] = []
     for _ in range(args.rounds):
         rounds.append({})
-        for m in MODES:
+        for m in modes:
             r = run_cell(args, "decode", m)
             rounds[-1][m] = r["tok_s"]
             if m not in decode or r["tok_s"] > decode[m]["tok_s"]:
@@ -208,7 +214,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.layers != SHAPE["num_hidden_layers"]:
         report["full_size"] = extrapolate(args, report["size"])
     ref = decode["fp32"]["tokens"]
-    for m in MODES:
+    for m in modes:
         decode[m]["greedy_agree"] = float(np.mean(np.array(decode[m]["tokens"]) == ref))
     report["decode"] = decode
     return report
@@ -245,7 +251,7 @@ def markdown(r: dict[str, Any]) -> str:
              "logits rms err / rms | top-1 = fp32 | tolerance (validate) |"),
              "|---|---|---|---|---|---|---|---|---|"]
     base_size, base_tok = r["size"]["fp32"], r["decode"]["fp32"]["tok_s"]
-    for m in MODES:
+    for m in r["modes"]:
         d, e = r["decode"][m], r["error"].get(m)
         err = f"{e['rms_err_ratio']:.3f}" if e else "0 (reference)"
         top1 = f"{e['top1_agree']:.0%}" if e else "-"
@@ -269,13 +275,11 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{ratio:.3f}x ({'met' if ratio <= 0.3 else 'NOT met'}). The 32000 x 2048 "
                   "embedding stays float32 (onnxruntime's quantizer handles MatMul weights), "
                   "which weighs more in a shallower model."), ""]
-    lines += [
-              (f"Peak memory (GiB): build {r['build']['peak_gib']:.1f}, quantize int4 "
-              f"{r['quantize']['int4']['peak_gib']:.1f}, int8 {r['quantize']['int8']['peak_gib']:.1f}"
-              f"; decode fp32 {r['decode']['fp32']['peak_gib']:.1f}, int4 "
-              f"{r['decode']['int4']['peak_gib']:.1f}. Quantizing took "
-              f"{r['quantize']['int4']['quantize_s']:.0f} s (int4), "
-              f"{r['quantize']['int8']['quantize_s']:.0f} s (int8)."), ""]
+    peaks = ", ".join(f"{m} {q['peak_gib']:.1f}" for m, q in r["quantize"].items())
+    took = ", ".join(f"{q['quantize_s']:.0f} s ({m})" for m, q in r["quantize"].items())
+    lines += [(f"Peak memory (GiB): build {r['build']['peak_gib']:.1f}, quantize {peaks}; decode "
+              f"fp32 {r['decode']['fp32']['peak_gib']:.1f}, int4 "
+              f"{r['decode']['int4']['peak_gib']:.1f}. Quantizing took {took}."), ""]
     return "\n".join(lines)
 
 
