@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/attention.py
 	$(PY) bench/reference_memory.py
 	$(PY) bench/decode.py
+	$(PY) bench/quantize.py --quick
 	$(PY) bench/streaming.py
 
 export: $(STAMP)

@@ -65,6 +65,18 @@ def quantize_proto(proto: Any, mode: str, *, block_size: int = DEFAULT_BLOCK_SIZ
     return _int8(proto)
 
 
+def quantize_file(path: str, mode: str, **options: Any) -> Any:
+    """Load an .onnx file (with its external data) and quantize it; returns the new proto."""
+    import onnx
+
+    check_mode(mode, "quantize")
+    try:
+        proto = onnx.load_model(path, load_external_data=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+        raise ExportError(f"quantize: cannot read {path!r} as an ONNX model: {exc}") from None
+    return quantize_proto(proto, mode, **options)
+
+
 def _int4(proto: Any, block_size: int, accuracy_level: int) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -131,4 +143,5 @@ def _keep_props(proto: Any, props: list[Any]) -> None:
             proto.metadata_props.add(key=p.key, value=p.value)
 
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "MODES", "TOLERANCES", "check_mode", "quantize_proto"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "MODES", "TOLERANCES", "check_mode", "quantize_file",
+           "quantize_proto"]

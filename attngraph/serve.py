@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import sys
 import sysconfig
 import tempfile
@@ -146,9 +147,12 @@ class Server:
             config = ModelConfig(batching=m.max_batch_size > 0,
                                  max_batch_size=max(m.max_batch_size, 1),
                                  batcher=DynamicBatcher(
-                                     max_queue_delay_microseconds=m.max_queue_delay_us))
+                                     max_queue_delay_microseconds=m.max_queue_delay_us)
+                                 if m.dynamic_batching else None)  # None: no batcher
             funcs = [_infer_function(s, m.max_batch_size > 0) for s in sessions]
             bindings.append((m.name, funcs, inputs, outputs, config))
+        for port in (self.port, self.grpc_port):
+            _check_port(self.host, port)
         _python_library_first()
         logging.getLogger("pytriton").setLevel(logging.ERROR)
         self._workspace = tempfile.TemporaryDirectory(prefix="attngraph-serve-")
@@ -194,6 +198,17 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail early and clearly when a port is taken (tritonserver would only log it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is ok
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ServeError(f"serve: cannot listen on {host}:{port}: {exc.strerror} (choose "
+                             f"another with --port / --grpc-port)") from None
 
 
 def _tail(path: str, lines: int = 3) -> str:

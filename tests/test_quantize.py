@@ -121,3 +121,45 @@ def test_mistakes(llama) -> None:
 
     with pytest.raises(ag.ExportError, match="block_size must be a power of two"):
         quantize_proto(ag.export(model, params), "int4", block_size=24)
+
+
+LM_FILE = '''
+import attngraph as ag
+
+def build():
+    model = ag.models.llama(vocab_size=301, hidden_size=96, intermediate_size=160,
+                            num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2)
+    return model, {k: v * 3 if v.ndim == 2 else v for k, v in model.init(seed=3).items()}
+'''
+
+
+def test_cli_export_and_generate_report_agreement(tmp_path, capsys) -> None:
+    from attngraph.cli import main
+
+    path = tmp_path / "lm.py"
+    path.write_text(LM_FILE)
+    out = tmp_path / "lm4.onnx"
+    assert main(["export", str(path), "-o", str(out), "--kv-cache", "--quantize", "int4"]) == 0
+    assert "int4 weights" in capsys.readouterr().out
+    ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    assert ops["MatMulNBits"] == 15 and ops["MatMul"] == 0
+    fp32 = tmp_path / "lm.onnx"
+    assert main(["export", str(path), "-o", str(fp32), "--kv-cache"]) == 0
+    capsys.readouterr()
+    # quantized from the float32 file here; tokens on stdout, the agreement on stderr
+    assert main(["generate", str(fp32), "--prompt", "5 17 3", "--prompt", "9 2",
+                 "-n", "10", "--quantize", "int8"]) == 0
+    captured = capsys.readouterr()
+    rows = [line.split() for line in captured.out.splitlines()]
+    assert [len(r) for r in rows] == [13, 12]
+    line = next(x for x in captured.err.splitlines() if x.startswith("greedy agreement"))
+    same, total = (int(v) for v in line.split(": ")[1].split(" ")[0].split("/"))
+    assert total == 20 and line.startswith("greedy agreement of int8 with float32: ")
+    # the count is what comparing with the float32 decoder's own tokens gives
+    want = ag.generate(ag.Session(str(fp32)), np.array([[5, 17, 3], [0, 9, 2]]), 10,
+                       attention_mask=np.array([[1, 1, 1], [0, 1, 1]]))[:, 3:]
+    got = np.array([[int(t) for t in rows[0][3:]], [int(t) for t in rows[1][2:]]])
+    assert same == int((got == want).sum())
+    assert main(["generate", str(path), "--prompt", "5 17 3", "-n", "4", "--quantize", "int4",
+                 "--temperature", "0.7"]) == 2
+    assert "leave --temperature 0" in capsys.readouterr().err

@@ -139,6 +139,9 @@ def test_serve_concurrent_requests_batched_and_checked(repo) -> None:
         with served.client() as client:
             assert client.is_server_live() and client.is_server_ready()
             assert client.is_model_ready("enc")
+            config = client.get_model_config("enc")  # as Triton itself holds it
+            assert config["max_batch_size"] == 8
+            assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 50000
 
         n = 32
         feeds = [make_feeds(i) for i in range(n)]
@@ -221,8 +224,34 @@ def test_serve_onnx_file_stops_on_sigint(tmp_path) -> None:
     assert not listening(served.port)
 
 
-def test_serve_mistakes(tmp_path) -> None:
+def test_find_models_reads_repository_configs(tmp_path) -> None:
+    from attngraph.serve import ServedModel, ServeError, find_models
+
+    model = encoder()
+    params = model.init(seed=0)
+    ag.save_triton(model, params, tmp_path, name="a", dynamic_batching=False, instances=2)
+    ag.save_triton(model, params, tmp_path, name="b", max_batch_size=3, max_queue_delay_us=9)
+    a, b = find_models(str(tmp_path))
+    assert a == ServedModel("a", str(tmp_path / "a" / "1" / "model.onnx"), 8, False, 0, 2)
+    assert b == ServedModel("b", str(tmp_path / "b" / "1" / "model.onnx"), 3, True, 9, 1)
+    a, b = find_models(str(tmp_path), max_batch_size=0, max_queue_delay_us=5)
+    assert (a.max_batch_size, a.dynamic_batching, b.dynamic_batching) == (0, False, False)
+    ag.save_triton(model, params, tmp_path / "gpu", name="g", kind="gpu")
+    with pytest.raises(ServeError, match="only KIND_CPU"):
+        find_models(str(tmp_path / "gpu"))
+
+
+def test_serve_mistakes(tmp_path, capsys) -> None:
     from attngraph.cli import main
 
     assert main(["serve", str(tmp_path / "missing.onnx")]) == 2
     assert main(["serve", str(tmp_path)]) == 2  # a folder with no config.pbtxt
+    model = encoder()
+    path = str(tmp_path / "enc.onnx")
+    ag.export(model, model.init(seed=0), path)
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", path, "--port", str(port)]) == 2
+    assert f"cannot listen on {HOST}:{port}" in capsys.readouterr().err

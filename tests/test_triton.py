@@ -132,3 +132,26 @@ def test_repository_keeps_other_models(tmp_path) -> None:
     feeds = {"x": x, "padding_mask": np.ones((3, 5), bool)}
     got = ag.Session(str(tmp_path / "b" / "1" / "model.onnx")).run(feeds)
     np.testing.assert_allclose(got["hidden"], model.predict(params, feeds)["hidden"], atol=1e-4)
+
+
+def test_cli_export_triton(tmp_path, capsys) -> None:
+    from attngraph.cli import main
+
+    path = tmp_path / "enc_model.py"
+    path.write_text("import attngraph as ag\n\n"
+                    "def build():\n"
+                    "    x = ag.input('x', ('batch', 'seq', 10))\n"
+                    "    return ag.Model(x, {'y': ag.dense(x, 3, name='proj')}, name='m')\n")
+    repo = tmp_path / "repo"
+    assert main(["export", str(path), "--triton", str(repo), "--max-batch-size", "5",
+                 "--instances", "2", "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {repo / 'enc_model'}: config.pbtxt, 1/model.onnx" in out
+    assert f"attngraph serve {repo}" in out
+    assert not (tmp_path / "enc_model.onnx").exists()  # only the repository was asked for
+    config = parse(str(repo / "enc_model"))
+    assert config.max_batch_size == 5 and config.instance_group[0].count == 2
+    assert [list(t.dims) for t in config.input] == [[-1, 10]]
+    assert_matches_model(config, str(repo / "enc_model" / "1" / "model.onnx"), batched=True)
+    assert main(["export", str(path), "--triton", str(repo), "--name", "b/c"]) == 2
+    assert "name must be" in capsys.readouterr().err

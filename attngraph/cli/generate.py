@@ -12,6 +12,7 @@ import numpy as np
 from .._export import export
 from .._registry import TARGETS
 from ..runtime import Session
+from . import _deploy
 from ._common import SPEC_HELP, CLIError, info, positive_int, providers, verbosity
 from ._load import model_and_params, require_file
 
@@ -36,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=("reference", *TARGETS), default="ort",
                    help="for a FILE.py model: export target, or the numpy reference")
     p.add_argument("--providers", type=providers, default=None, metavar="EP,...")
+    _deploy.add_generate_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,18 +52,23 @@ def run(args: argparse.Namespace) -> int:
     for row, prompt in enumerate(prompts):  # left padding
         ids[row, width - len(prompt):] = prompt
         mask[row, width - len(prompt):] = 1
+    model = weights = None
     if args.model.endswith(".onnx"):
         require_file(args.model, "the .onnx decoder")
         source: Any = Session(args.model, args.providers)
         params = None
     else:
         model, params = model_and_params(args)
+        weights = params
         if args.target == "reference":
             source = model
         else:
             source = Session(export(model, params, target=args.target, kv_cache=True),
                              args.providers)
             params = None
+    fp32 = None
+    if args.quantize is not None:  # decode with quantized weights, then compare with float32
+        fp32, source = source, _deploy.quantized_session(args, model, weights)
     # One prompt streams its tokens to stdout as they come; on a terminal those tokens are the
     # progress, and a bar on the same screen would overwrite them. Otherwise (a batch, printed
     # at the end, or stdout redirected) a bar may show on stderr when that is a terminal; it is
@@ -94,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     info(f"{steps} step(s) x {len(prompts)} prompt(s) in {elapsed:.3f} s "
          f"({steps * len(prompts) / max(elapsed, 1e-9):.1f} tok/s)")
+    if fp32 is not None:
+        info(_deploy.agreement(fp32, ids, mask, [r[len(p):] for r, p in zip(rows, prompts)],
+                               args))
     return 0
 
 
