@@ -55,7 +55,7 @@ def save(proto: onnx.ModelProto, weights: list[Weight], path: str, *, external: 
     big = [w for w in weights if w.nbytes >= EXTERNAL_MIN]
     bar = _progress_bar(sum(w.nbytes for w in big), progress)
     try:
-        if external:
+        if external and big:
             offsets = _layout(big)
             with TempFile(path, what="export", data=True) as tmp:
                 digest = _write_data(tmp.file, big, offsets, bar)
