@@ -83,9 +83,16 @@ def cell_gpt2_torch(work: str) -> dict[str, Any]:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    class Logits(torch.nn.Module):  # input_ids -> logits, as attngraph's export
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = GPT2LMHeadModel(GPT2Config(**GPT2, use_cache=False)).eval()
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.lm(input_ids=input_ids, use_cache=False).logits
+
     torch.manual_seed(0)
-    config = GPT2Config(**GPT2)
-    model = GPT2LMHeadModel(config).eval()
+    model = Logits().eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     ids = torch.zeros((1, 8), dtype=torch.int64)
     path = os.path.join(work, "gpt2_torch.onnx")
@@ -127,6 +134,8 @@ def cell_llama_write(work: str) -> dict[str, Any]:
     os.makedirs(folder, exist_ok=True)
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):  # a --work folder from an earlier run
+        if not os.path.exists(os.path.join(folder, "tokenizer.json")):
+            _tokenizer(folder)
         with open(index) as f:
             return {"seconds": 0.0, "peak": _peak(), "reused": True,
                     "weights": json.load(f)["metadata"]["total_size"]}
@@ -163,8 +172,24 @@ def cell_llama_write(work: str) -> dict[str, Any]:
               "mlp_bias": False, "initializer_range": 0.02, "use_cache": True, **LLAMA}
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
+    _tokenizer(folder)
     return {"seconds": time.perf_counter() - start, "peak": _peak(), "weights": total,
             "shards": len(shards)}
+
+
+def _tokenizer(folder: str) -> None:
+    """A word-level tokenizer.json over the vocabulary (onnxruntime-genai's builder saves the
+    checkpoint's tokenizer beside the model and fails without one)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"w{i}": i for i in range(3, LLAMA["vocab_size"])})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
+                   "eos_token": "</s>", "unk_token": "<unk>"}, f)
 
 
 def _llama_export(work: str, dtype: str) -> dict[str, Any]:
@@ -218,7 +243,7 @@ def cell_llama_genai(work: str) -> dict[str, Any]:
            os.path.join(work, "tinyllama"), "-o", out, "-p", "fp32", "-e", "cpu",
            "-c", os.path.join(work, "genai_cache")]
     start = time.perf_counter()
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if run.returncode != 0:
         raise RuntimeError(f"model builder failed: {run.stderr[-2000:]}")
@@ -242,7 +267,7 @@ def _have(module: str) -> bool:
 
 def _run_cell(name: str, work: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--cell", name, "--work", work]
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if run.returncode != 0:
         return {"error": (run.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(run.stdout.strip().splitlines()[-1])
@@ -261,11 +286,11 @@ def _report(results: dict[str, dict[str, Any]], quick: bool) -> str:
         except Exception:  # noqa: BLE001 - not installed
             return "not installed"
 
-    lines = [f"# Export benchmark{' (quick)' if quick else ''}", "",
-             f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+    setup = (f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
              f"{os.cpu_count()} cores (shared machine), Python {platform.python_version()}, "
              f"onnx {v('onnx')}, onnxruntime {v('onnxruntime')}, torch {v('torch')}, "
-             f"transformers {v('transformers')}, onnxruntime-genai {v('onnxruntime-genai')}.",
+             f"transformers {v('transformers')}, onnxruntime-genai {v('onnxruntime-genai')}.")
+    lines = [f"# Export benchmark{' (quick)' if quick else ''}", "", setup,
              "Each cell is its own process; peak = the process's peak resident set.", "",
              "| cell | time | peak memory | peak / fp32 weights | output |",
              "|---|---|---|---|---|"]

@@ -88,7 +88,7 @@ def test_any_exception_while_writing_removes_the_temporary_files(old, tmp_path, 
     exploding.checked = False
     real_check = ag._export.check_params
 
-    def check(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a pass-through
+    def check(*args, **kwargs):
         out = real_check(*args, **kwargs)
         exploding.checked = True
         return out
@@ -118,7 +118,7 @@ def test_atomic_write_bytes_cleans_up_on_keyboard_interrupt(tmp_path, monkeypatc
     real_fdopen = os.fdopen
     opened = []
 
-    def fdopen(fd: int, mode: str):  # noqa: ANN202 - the real file, closed; writes interrupted
+    def fdopen(fd: int, mode: str):
         opened.append(real_fdopen(fd, mode))
         return Interrupted()
 
