@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/attention.py
 	$(PY) bench/reference_memory.py
 	$(PY) bench/decode.py
+	$(PY) bench/export.py
 
 export: $(STAMP)
 	rm -f exported/*.onnx exported/MANIFEST.json
