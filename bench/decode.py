@@ -59,6 +59,9 @@ SHAPES: dict[str, dict[str, Any]] = {
 CONTEXTS = (512, 2048)
 QUICK_CONTEXTS = (2048,)
 COLUMNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy")
+# what runs: "interleaved" measures cached, hf, genai and genai_copy token by token in one
+# process (the default); each other name is a cell of its own
+RUNS = ("interleaved", "copying", "recompute")
 NEW_TOKENS = 32
 GOAL_CONTEXT = 2048
 GOALS = {"recompute": 10.0, "hf": 2.5, "genai": 1.2}  # cached / column, at GOAL_CONTEXT
@@ -198,6 +201,87 @@ def cell(shape: str, ctx: int, column: str, folder: str, threads: int) -> dict[s
     return out
 
 
+def interleaved(shape: str, ctx: int, _: str, folder: str, threads: int) -> dict[str, Any]:
+    """cached, hf, genai and genai_copy in one process, token by token: transformers' generate
+    runs, and each time its streamer receives a token, one ag.generate step and one step of
+    each onnxruntime-genai generator run inside the callback. Every engine's token then sees
+    the same moment of the machine; transformers' token time is the gap between callbacks
+    minus the time spent inside them."""
+    import onnxruntime_genai as og
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    hf, model, params = hf_model(shape)
+    if threads:
+        torch.set_num_threads(threads)
+    prompt = np.random.default_rng(ctx).integers(0, 8000, (1, ctx))
+    n = NEW_TOKENS
+    total = ctx + n + 2
+    gens = {}
+    for column, share in (("genai", True), ("genai_copy", False)):
+        sub = os.path.join(folder, column)
+        ag.save_genai(model, params, sub, share_buffer=share, eos_token_id=0,
+                      context_length=total)
+        if threads:
+            path = Path(sub, "genai_config.json")
+            config = json.loads(path.read_text())
+            config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+            path.write_text(json.dumps(config))
+        gm = og.Model(sub)
+        gp = og.GeneratorParams(gm)
+        gp.set_search_options(max_length=total, min_length=total)
+        gens[column] = (gm, og.Generator(gm, gp))
+    session = ag.Session(os.path.join(folder, "model.onnx"), threads=threads or None)
+    stream = ag.generate_stream(session, prompt, n + 2, progress=False)
+    steps: dict[str, list[float]] = {"cached": [], "hf": [], "genai": [], "genai_copy": []}
+    tokens: dict[str, list[int]] = {"cached": [], "hf": []}
+
+    def step_others(first: bool) -> None:
+        t = time.perf_counter()
+        tokens["cached"].append(int(next(stream)[0]))
+        steps["cached"].append(time.perf_counter() - t)
+        for column, (_, gen) in gens.items():
+            t = time.perf_counter()
+            if first:
+                gen.append_tokens(prompt)
+            gen.generate_next_token()
+            steps[column].append(time.perf_counter() - t)
+
+    class Clock(BaseStreamer):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.calls, self.resumed = 0, 0.0
+
+        def put(self, value: Any) -> None:  # the prompt, then one call per new token
+            now = time.perf_counter()
+            if self.calls >= 2:  # after the prefill and first token: hf's token time
+                steps["hf"].append(now - self.resumed)
+            if self.calls >= 1:
+                tokens["hf"].append(int(value.reshape(-1)[-1]))
+                step_others(first=self.calls == 1)
+            self.calls += 1
+            self.resumed = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    ids = torch.from_numpy(prompt)
+    with torch.no_grad():
+        hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n + 1,
+                    min_new_tokens=n + 1, do_sample=False, use_cache=True, pad_token_id=0,
+                    streamer=Clock())
+    out: dict[str, Any] = {}
+    for column, times in steps.items():
+        times = times[-n:] if column == "hf" else times[1:]  # drop the prefill step
+        t = np.array(times)
+        out[column] = {"tok_s": 1.0 / float(np.median(t)), "mean_tok_s": len(t) / float(t.sum()),
+                       "tokens_timed": len(t)}
+    out["cached"]["tokens"] = tokens["cached"][:16]
+    out["hf"]["tokens"] = tokens["hf"][:16]
+    for column, (_, gen) in gens.items():
+        out[column]["tokens"] = [int(x) for x in gen.get_sequence(0)[ctx:ctx + 16]]
+    return out
+
+
 # -- the driver --------------------------------------------------------------------------------
 
 
@@ -206,14 +290,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="context 2048 only")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--columns", default=",".join(COLUMNS))
+    parser.add_argument("--columns", default=",".join(RUNS), help="interleaved (cached, hf, "
+                        "genai, genai_copy token by token) and/or separate cells: "
+                        + ", ".join(COLUMNS))
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for every "
                         "engine (0: each engine's default); 1 is steadier on a busy machine")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # shape,ctx,column,folder,threads
     args = parser.parse_args()
     if args.cell:
         shape, ctx, column, folder, threads = args.cell.split(",", 4)
-        print(json.dumps(cell(shape, int(ctx), column, folder, int(threads))))
+        run = interleaved if column == "interleaved" else cell
+        print(json.dumps(run(shape, int(ctx), column, folder, int(threads))))
         return 0
     contexts = QUICK_CONTEXTS if args.quick else CONTEXTS
     rounds = args.rounds
@@ -232,8 +319,10 @@ def main() -> int:
                         got = run_cell(shape, ctx, column, folder, args.threads)
                         print(json.dumps({"shape": shape, "context": ctx, column: got}),
                               flush=True)
-                        if got.get("tok_s", 0) > row.get(column, {}).get("tok_s", -1):
-                            row[column] = got
+                        for name, value in (got.items() if column == "interleaved"
+                                            else [(column, got)]):
+                            if value.get("tok_s", 0) > row.get(name, {}).get("tok_s", -1):
+                                row[name] = value
                 rows.append(summarise(row))
     write("decode_quick" if args.quick else "decode", rows, args.threads)
     return 0

@@ -20,6 +20,7 @@ PUBLIC += ["block_sparse_mask", "block_sparse_pattern", "causal_mask", "strided_
            "head_importance"]
 PUBLIC += ["save_genai"]
 PUBLIC += ["Stream"]
+PUBLIC += ["save_triton"]
 
 
 def test_public_api_snapshot() -> None:

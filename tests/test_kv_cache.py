@@ -370,3 +370,24 @@ def test_generate_updates_one_buffer_in_place(kind: str) -> None:
             last = min(n + steps - 1, ref.past[name].shape[2])
             np.testing.assert_allclose(held[r, :, n + steps - 1 - last:n + steps - 1],
                                        ref.past[name][r, :, -last:], atol=ATOL)
+
+
+def test_shared_buffer_float16() -> None:
+    """A float16 shared-buffer export: float16 buffers, logits near the float32 reference."""
+    from attngraph.generation import _backend
+
+    model, params, _ = stepper("llama", "reference")
+    proto = ag.export(model, params, kv_cache=True, dtype="float16")
+    session = ag.Session(proto, ["CPUExecutionProvider"])
+    assert session.metadata["attngraph.share_buffer"] == "true"
+    ids = np.random.default_rng(9).integers(0, VOCAB, (2, 6))
+    mask = np.array([[0, 0, 1, 1, 1, 1], [1] * 6])
+    ours, ref = _backend(session, None), _backend(model, params)
+    ours.reserve(10)
+    a, b = ours.start(ids, mask), ref.start(ids, mask)
+    assert ours.buffers["past_key_values.0.key"].numpy().dtype == np.float16
+    for _ in range(3):
+        assert np.abs(a - b).max() < 2e-2
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        token = b.argmax(-1)[:, None]
+        a, b = ours.step(token, mask), ref.step(token, mask)

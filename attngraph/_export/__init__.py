@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .._decode import (
     IDS,
@@ -28,6 +28,7 @@ from .._params import check_params
 from .._registry import OPS, TARGETS
 from .._stream_plan import Plan, Step, analyze, stream_plan
 from .._types import FLOAT_DTYPES, TensorType
+from ..quantize import check_mode, quantize_proto
 from ._builder import ONNX_DTYPES, Builder
 from ._save import EXTERNAL_MIN, data_files, save
 from ._streaming import lower_node, lower_step, stream_metadata
@@ -58,6 +59,7 @@ def export(
     kv_cache: bool = False,
     share_buffer: bool | None = None,
     streaming: bool = False,
+    quantize: str | None = None,
     external_data: bool | None = None,
     progress: bool | None = None,
 ) -> onnx.ModelProto:
@@ -86,6 +88,9 @@ def export(
         streaming: export a step model (DESIGN §9): inputs are the next chunk of frames
             `[batch, chunk, ...]` plus `state.frames` and `state.<layer>.<part>`; outputs are
             the model's outputs for the chunk plus `new_state.*`. Run it with `ag.Stream`.
+        quantize: "int4" or "int8": quantize the MatMul weights with onnxruntime's tools
+            (`attngraph/quantize.py`: MatMulNBits in blocks of 32, or dynamic int8); the
+            result runs in onnxruntime only.
         external_data: (with a path) put the weights in a data file beside the `.onnx`,
             named `<file>.<hash of its bytes>.data`. Default: when they pass 1.8 GB (ONNX's
             protobuf limit is 2 GB). Earlier data files of the same path are removed.
@@ -137,6 +142,8 @@ def export(
     if streaming and kv_cache:
         raise ExportError("export: choose kv_cache=True (token decoders) or streaming=True "
                           "(step models), not both")
+    if quantize is not None:
+        check_mode(quantize, "export")
     for option, value in (("external_data", external_data), ("progress", progress)):
         if value not in (None, True, False):
             raise ExportError(f"export: {option} must be True, False or None, given {value!r}")
@@ -179,9 +186,16 @@ def export(
         props["attngraph.share_buffer"] = "true" if shared else "false"
     if streaming:
         props["attngraph.streaming"] = stream_metadata(plan)
+    if quantize is not None:
+        props["attngraph.quantize"] = quantize
     helper.set_model_props(proto, props)
     weights = list(b.initializers.values())
     _check(proto, weights)
+    if quantize is not None:  # onnxruntime's quantizers work on a proto with its weights
+        proto.graph.initializer.extend(w.tensor() for w in weights)
+        proto = quantize_proto(proto, quantize)
+        weights = [_weight_of(t) for t in proto.graph.initializer]
+        del proto.graph.initializer[:]
     size = sum(w.nbytes for w in weights)
     if path is None:
         if size > _EXTERNAL_DATA_THRESHOLD:
@@ -193,6 +207,12 @@ def export(
         return proto
     external = size > _EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
     return save(proto, weights, path, external=external, progress=progress)
+
+
+def _weight_of(t: onnx.TensorProto) -> Weight:
+    """A quantized model's initialiser, written like the others."""
+    arr = numpy_helper.to_array(t)
+    return Weight(t.name, arr.dtype, tuple(arr.shape), arr)
 
 
 def _lower_nodes(b: Builder, model: Model, names: dict[tuple[int, int], str],
