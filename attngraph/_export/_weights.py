@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper
 
-from .._io import release_pages
+from .._io import prefetch_pages, release_pages
 
 CHUNK = 16 << 20  # bytes converted and written at a time
 TILE = 256  # block side for transposing copies
@@ -64,6 +64,7 @@ class Weight:
         valid while the next one is made (and no longer)."""
         arr = self.read()
         dtype = self.dtype
+        prefetch_pages(arr)
         try:
             if arr.dtype == dtype and arr.flags.c_contiguous:
                 flat = memoryview(arr.reshape(-1).view(np.uint8))
