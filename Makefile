@@ -24,7 +24,7 @@ test-min:
 	rm -rf $(MIN)
 	$(PYTHON) -m venv $(MIN)
 	$(MIN)/bin/python -m pip install -q --upgrade pip
-	$(MIN)/bin/python -m pip install -q -c .ci/min-versions.txt -e ".[viz]" \
+	$(MIN)/bin/python -m pip install -q -c .ci/min-versions.txt -e ".[viz,quantize,serve]" \
 	    "pytest>=8" "hypothesis>=6.100" "pytest-xdist>=3.5"
 	$(MIN)/bin/python -m pip list 2>/dev/null | grep -iE "^(numpy|onnx|onnxruntime|networkx|safetensors|tqdm) "
 	$(MIN)/bin/python -m pytest -n 2 tests --ignore=tests/test_genai.py
