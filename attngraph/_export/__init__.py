@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = {"ort": 23, "onnx": 23, "decomposed": 17}
 MIN_OPSET = {"ort": 17, "onnx": 23, "decomposed": 17}
 MAX_OPSET = 25
+WINDOW_IMPLS = ("auto", "blocked", "direct")
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initialisers; protobuf's hard limit is 2 GiB
 
 
@@ -53,6 +54,7 @@ def export(
     opset: int | None = None,
     dtype: str = "float32",
     kv_cache: bool = False,
+    window_impl: str = "auto",
 ) -> onnx.ModelProto:
     """Lower `model` to ONNX with every attention layer as one fused node.
 
@@ -72,6 +74,11 @@ def export(
             every later step; sliding-window layers keep at most `window` positions. On
             "ort", onnxruntime's CPU GroupQueryAttention takes several new tokens after a
             non-empty cache only at batch 1.
+        window_impl: how sliding-window attention layers are lowered: "blocked" (queries in
+            blocks attend their own and the neighbouring key blocks: O(S·W)), "direct" (the
+            whole [S, S] score matrix under a band mask: O(S²)) or "auto" (blocked when the
+            sequence is longer than twice the block size, decided at run time). Cached
+            decoding steps always use the direct form.
 
     Returns:
         The ONNX model proto (the same bytes every time for the same model, params, target).
@@ -102,13 +109,16 @@ def export(
             raise ExportError(f"export: directory {directory!r} does not exist (path {path!r})")
         if not os.access(directory, os.W_OK):
             raise ExportError(f"export: directory {directory!r} is not writable (path {path!r})")
+    if window_impl not in WINDOW_IMPLS:
+        raise ExportError(f"export: window_impl must be one of {list(WINDOW_IMPLS)}, "
+                          f"given {window_impl!r}")
     if not isinstance(kv_cache, bool):
         raise ExportError(f"export: kv_cache must be True or False, given {kv_cache!r}")
     layers = cache_layers(model, "export(kv_cache=True)") if kv_cache else None
     checked = check_params(model.param_specs, params)
 
     b = Builder(target=target, opset=opset, dtype=dtype, params=checked,
-                param_key=model.param_key)
+                param_key=model.param_key, window_impl=window_impl)
     if layers is None:
         graph_inputs, graph_outputs = _lower(b, model, dtype)
     else:

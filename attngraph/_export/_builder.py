@@ -24,8 +24,10 @@ class Builder:
     """Collects ONNX nodes and initialisers, named after the layer being lowered."""
 
     def __init__(self, *, target: str, opset: int, dtype: str,
-                 params: dict[str, np.ndarray], param_key: Any) -> None:
+                 params: dict[str, np.ndarray], param_key: Any,
+                 window_impl: str = "auto") -> None:
         self.target = target
+        self.window_impl = window_impl  # sliding windows: "auto", "blocked" or "direct"
         self.opset = opset
         self.dtype = dtype  # float dtype of the exported model
         self.np_dtype = np.dtype(dtype)

@@ -36,6 +36,7 @@ from ._attention_graph import (
     to_heads,
     zero_dead_rows,
 )
+from ._attention_blocked import threshold
 from ._rope import rope_cache
 
 
@@ -68,7 +69,10 @@ def rope_is_fused(a: Attn) -> bool:
 
 
 def uses_fused_rope(b: Any, a: Attn) -> bool:
-    return b.target == "ort" and rope_is_fused(a) and _gqa_fits(a)
+    """Whether the layer's GroupQueryAttention node rotates q and k (never in the blocked form,
+    whose blocks do not start at position 0)."""
+    return (b.target == "ort" and rope_is_fused(a) and _gqa_fits(a)
+            and threshold(b, a) is None)
 
 
 def _in_3d(b: Any, a: Attn, q: str, k: str, v: str, layout: str, fn: Any) -> str:
