@@ -66,7 +66,11 @@ def plan(a: Attn) -> Plan | None:
         return None
     lo, hi = r
     size = block_size(a.window, a.causal)  # type: ignore[arg-type]
-    return Plan(size, lo, hi, -(-(-lo) // size), -(-max(hi, 0) // size))
+    return Plan(size, lo, hi, _ceil_div(-lo, size), _ceil_div(max(hi, 0), size))
+
+
+def _ceil_div(x: int, y: int) -> int:
+    return -(-x // y)
 
 
 # -- small int64 helpers (1-element tensors) ---------------------------------------------------
@@ -328,4 +332,4 @@ def _attend(b: Any, a: Attn, q: str, k: str, v: str, attn_mask: str, kind: str) 
                  softcap=a.softcap)
 
 
-__all__ = ["Plan", "blocked_attention", "block_size", "plan", "reach", "threshold"]
+__all__ = ["Plan", "block_size", "blocked_attention", "plan", "reach", "threshold"]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._attention_blocked import threshold
 from ._attention_graph import (
     Attn,
     additive_bias,
@@ -36,7 +37,6 @@ from ._attention_graph import (
     to_heads,
     zero_dead_rows,
 )
-from ._attention_blocked import threshold
 from ._rope import rope_cache
 
 
