@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) bench/attention.py
 	$(PY) bench/reference_memory.py
 	$(PY) bench/decode.py
+	$(PY) bench/window.py
 
 export: $(STAMP)
 	rm -f exported/*.onnx exported/MANIFEST.json
