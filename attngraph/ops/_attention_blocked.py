@@ -262,8 +262,8 @@ def threshold(b: Any, a: Attn) -> int | None:
     """Sequence length above which a windowed layer runs blocked; None = the direct form.
 
     `window_impl="direct"` keeps the direct form, "blocked" blocks at every length (0). "auto"
-    blocks above AUTO_BLOCKS_ABOVE · block: below it the graph takes one block of the whole
-    sequence (the direct computation, see `_grid`)."""
+    blocks above AUTO_BLOCKS_ABOVE · block: up to there the same graph takes one block of the
+    whole sequence, which is the direct computation (see `_grid`)."""
     impl = getattr(b, "window_impl", "auto")
     if a.window is None or a.return_weights or impl == "direct":
         return None
@@ -272,6 +272,16 @@ def threshold(b: Any, a: Attn) -> int | None:
     return AUTO_BLOCKS_ABOVE * block_size(a.window, a.causal)
 
 
+# Why "auto" chooses at run time inside one graph rather than with an ONNX `If`: an `If` would
+# hold two fused attention nodes per layer (one per branch), and the graph above already runs
+# the direct computation when the sequence is short. Measured on the benchmark layer (embed
+# 512, 8 heads, W = 256, block 256, one thread, CPU ms of the process; bench/window.py):
+#   S = 512 (2 blocks): ort direct (GroupQueryAttention) 22-26, one-block auto 23-28,
+#   forced blocked 22; S = 1,024: direct 94, blocked 58-62; S = 16,384: direct 5,369, blocked
+#   738-980. Blocked and direct cost the same at 2 blocks, and blocked wins from there on, so
+#   "auto" blocks above 2 blocks and keeps the padding-free single block below. What the
+#   single block still costs over the direct form is the fixed price of its ~60 small shape
+#   and layout nodes (about 1 ms): visible only at S well under W.
 AUTO_BLOCKS_ABOVE = 2
 
 
