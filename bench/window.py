@@ -205,43 +205,45 @@ def _find(results: list[dict[str, Any]], row: str, window: int, seq: int) -> Any
 
 
 def goals(results: list[dict[str, Any]], seqs: list[int]) -> list[str]:
-    """The issue's goals at W = 256 for the best target."""
-    lines = []
+    """The issue's goals at W = 256 for the best target (the fastest at 16,384 by CPU time).
+    Verdicts use the CPU time of the process (the machine is shared); wall times are shown."""
+    lo, hi, top = 1024, 16384, 65536
     rows = sorted({r["row"] for r in results if r["window"] == GOAL_W and "auto" in r["row"]
                    and "edifice" not in r["row"]})
-    lo, hi, top = 1024, 16384, 65536
     best = None
     for row in rows:
         a, b = _find(results, row, GOAL_W, lo), _find(results, row, GOAL_W, hi)
-        if a and b and (best is None or b["median_ms"] < best[2]["median_ms"]):
+        if a and b and (best is None or b["cpu_ms"] < best[2]["cpu_ms"]):
             best = (row, a, b)
     if best is None:
         return ["(the goals need S = 1,024 and 16,384 at W = 256)"]
     row, a, b = best
-    for key, what in (("median_ms", "wall"), ("cpu_ms", "cpu")):
-        ratio = b[key] / a[key]
-        lines.append(f"- best target `{row}`: t(16,384) / t(1,024) = {ratio:.1f} ({what} time; "
-                     f"goal <= 20): {'met' if ratio <= 20 else 'NOT met'}")
+
+    def both(x: dict[str, Any], y: dict[str, Any]) -> tuple[float, float]:
+        return x["cpu_ms"] / y["cpu_ms"], x["median_ms"] / y["median_ms"]
+
+    cpu, wall = both(b, a)
+    lines = [(f"- best target `{row}`: t(16,384) / t(1,024) = {cpu:.1f} CPU ({wall:.1f} "
+              f"wall); goal <= 20: {'met' if cpu <= 20 else 'NOT met'}")]
     torch_cell = _find(results, "torch band mask", GOAL_W, hi)
     if torch_cell:
-        for key, what in (("median_ms", "wall"), ("cpu_ms", "cpu")):
-            speed = torch_cell[key] / b[key]
-            lines.append(f"- vs PyTorch band mask at 16,384: {speed:.1f}x faster ({what}; goal "
-                         f">= 10x): {'met' if speed >= 10 else 'NOT met'}")
+        cpu, wall = both(torch_cell, b)
+        lines.append(f"- vs PyTorch band mask at 16,384: {cpu:.1f}x faster CPU ({wall:.1f}x "
+                     f"wall); goal >= 10x: {'met' if cpu >= 10 else 'NOT met'}")
     big = _find(results, row, GOAL_W, top)
     if big:
         gib = big["peak_extra_mib"] / 1024
-        lines.append(f"- peak extra memory at 65,536: {gib:.2f} GiB (goal <= 2 GiB): "
+        lines.append(f"- peak extra memory at 65,536: {gib:.2f} GiB; goal <= 2 GiB: "
                      f"{'met' if gib <= 2 else 'NOT met'}")
     for seq in seqs:
         direct = _find(results, "ort (direct)", GOAL_W, seq)
         auto = _find(results, "ort (auto)", GOAL_W, seq)
         if direct and auto:
-            wall, cpu = (auto[k] / direct[k] for k in ("median_ms", "cpu_ms"))
+            cpu, wall = both(auto, direct)
             verdict = ("" if seq > 2 * GOAL_W else
-                       f" (S <= 2W: goal <= 1.10: {'met' if min(wall, cpu) <= 1.1 else 'NOT met'})")
-            lines.append(f"- ort auto / ort direct (before) at S = {seq:,}: {wall:.2f} wall, "
-                         f"{cpu:.2f} cpu{verdict}")
+                       f"; S <= 2W, goal <= 1.10: {'met' if cpu <= 1.1 else 'NOT met'}")
+            lines.append(f"- ort auto / ort direct (before) at S = {seq:,}: {cpu:.2f} CPU "
+                         f"({wall:.2f} wall){verdict}")
     return lines
 
 
@@ -321,6 +323,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--worker":
         return worker_main(sys.argv[2])
+    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--render":
+        report = json.loads(Path(sys.argv[2]).read_text())  # re-render a finished run
+        path = Path(sys.argv[2]).with_suffix(".md")
+        path.write_text(render(report))
+        plot(report, path.with_suffix(".png"))
+        print(render(report))
+        return 0
     args = parse_args(argv)
     import platform
 
