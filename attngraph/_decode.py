@@ -17,6 +17,18 @@ present_seq = past_seq + seq, or at most `window` for sliding-window layers (the
 never grows past the window: past_seq = min(window, total_seq - seq)). Layers with a window
 W name their cache length `past_seq_w{W}` / `present_seq_w{W}`, so windowed and global layers
 can be mixed.
+
+**Shared buffer** (`export(..., kv_cache=True, share_buffer=True)`, "ort" only): the same names,
+but each layer's past and present are one preallocated buffer [batch, kv_heads, max_seq,
+head_dim] that onnxruntime's GroupQueryAttention writes in place (bind the same OrtValue as
+`past_key_values.{i}.key` and `present.{i}.key`), so no step copies the cache. A row's tokens
+sit at the front of its buffer (right padding): with n = sum(attention_mask[row]) tokens so
+far, the S new tokens are the row's tokens n - S .. n - 1 at those positions and slots; in the
+prompt step (past holds no token, total_seq = seq) the row's tokens are input_ids[row, :n]
+and the columns after them are padding whose outputs are unspecified. Without padding this is
+the copying convention exactly (a past of length total_seq - seq gives a present of length
+total_seq); `ag.generate` moves a left-padded batch's tokens to the front itself. Sliding
+windows are applied by the op (`local_window_size`); the buffer keeps max_seq positions.
 """
 
 from __future__ import annotations
@@ -71,6 +83,11 @@ class Decode:
     padding: Any  # (B, T) int64: the attention mask over every position so far
     past: list[tuple[Any, Any]]  # slot i -> (B, Hkv, P, D) keys, values
     present: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    # shared-buffer exports: (seqlens_k (B,) int32, total_sequence_length () int32), built
+    # once per model from the attention mask and read by every layer
+    shared: tuple[Any, Any] | None = None
+    # exporter: (rotary_dim, base) -> cos, sin (B, S, r/2) at `positions`, made once per model
+    rope_tables: dict[tuple[int, float], tuple[Any, Any]] = field(default_factory=dict)
 
 
 def looks_ahead(attrs: Mapping[str, Any]) -> bool:
@@ -119,18 +136,46 @@ def cache_layers(model: Model, where: str = "kv_cache") -> list[CacheLayer]:
     return layers
 
 
+def share_buffer_choice(layers: list[CacheLayer], target: str, share_buffer: bool | None,
+                        where: str = "export(kv_cache=True)") -> bool:
+    """Whether a cached export uses one shared past/present buffer per layer. None (default):
+    on "ort" when every layer runs GroupQueryAttention (head_dim % 8 == 0) and none has a
+    sliding window (a windowed cache is already at most `window` long). True where it cannot
+    be done raises UnsupportedError naming the layer."""
+    if share_buffer is not None and not isinstance(share_buffer, bool):
+        raise UnsupportedError(f"{where}: share_buffer must be True, False or None, given "
+                               f"{share_buffer!r}")
+    if share_buffer is False:
+        return False
+    if target != "ort":
+        if share_buffer:
+            raise UnsupportedError(f"{where}: share_buffer=True needs target 'ort' "
+                                   f"(onnxruntime's GroupQueryAttention), given {target!r}")
+        return False
+    odd = [x for x in layers if x.head_dim % 8]
+    if odd:
+        if share_buffer:
+            layer = odd[0]
+            raise UnsupportedError(layer_message(
+                layer.node.op, layer.name,
+                f"{where}: share_buffer=True needs head_dim % 8 == 0 (GroupQueryAttention), "
+                f"given head_dim {layer.head_dim}", layer.node.location))
+        return False
+    return bool(share_buffer) or all(x.window is None for x in layers)
+
+
 def _types(types: Mapping[str, TensorType]) -> str:
     return "(" + ", ".join(f"{k}: {t}" for k, t in types.items()) + ")"
 
 
-def cache_input_types(model: Model, layers: list[CacheLayer],
-                      dtype: str = "float32") -> dict[str, TensorType]:
+def cache_input_types(model: Model, layers: list[CacheLayer], dtype: str = "float32",
+                      shared: bool = False) -> dict[str, TensorType]:
     types = {IDS: TensorType("int64", ("batch", "seq")),
              MASK: TensorType("int64", ("batch", "total_seq"))}
     for i, layer in enumerate(layers):
+        seq = "max_seq" if shared else layer.seq_dim("past_seq")
         for name in past_names(i):
-            types[name] = TensorType(dtype, ("batch", layer.kv_heads,
-                                             layer.seq_dim("past_seq"), layer.head_dim))
+            types[name] = TensorType(dtype, ("batch", layer.kv_heads, seq, layer.head_dim))
     return types
 
 

@@ -196,11 +196,19 @@ class Model:
                 return evaluate_cached(self, params, feeds, check_finite=check_finite)
             return evaluate(self, params, feeds, check_finite=check_finite)
 
-    def summary(self) -> str:
-        """A table of layers: name, op, output type, parameter count (like Axon.Display)."""
+    def summary(self, *, context: int | None = None, dtype: str | None = None) -> str:
+        """A table of layers: name, op, output type, parameter count (like Axon.Display) and,
+        for attention layers, key/value-cache bytes per token in the layer's dtype (or
+        `dtype`). context: also print the cache total for that many tokens per sequence."""
+        from ._checks import Checker
         from ._summary import summary_table
+        from .cost import attention_cost
 
-        return summary_table(self)
+        c = Checker("summary", None, caller_location())
+        c.pos_int(context, "context", optional=True)
+        if dtype is not None:
+            attention_cost(self, dtype=dtype)  # validates dtype with the standard message
+        return summary_table(self, context, dtype)
 
     def config(self) -> dict[str, Any]:
         """A JSON-friendly description of inputs, outputs and layers (recorded in exports)."""

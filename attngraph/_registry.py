@@ -37,6 +37,26 @@ class DecodeForms:
 
 
 @dataclass(frozen=True)
+class StreamForms:
+    """How an op that looks across positions runs in a streaming step model (`_stream_plan.py`):
+    a chunk of frames plus the state carried from earlier chunks."""
+
+    # check(node, last_only) -> None, or why the node cannot stream (it looks ahead). last_only:
+    # only the node's output at the last position reaches the model's outputs.
+    check: Callable[[Any, bool], str | None]
+    # state(node, last_only) -> {part: shape}; "batch" marks the batch dim, a str the length
+    # of a growing (or window-bounded) cache, which starts at 0.
+    state: Callable[[Any, bool], dict[str, tuple[Any, ...]]] = lambda node, last: {}
+    # reference(attrs, params, ctx, node, *inputs) / lower(builder, node, input_names, ctx);
+    # None: the op's ordinary forms run on the chunk unchanged.
+    reference: ReferenceFn | None = None
+    lower: LowerFn | None = None
+    # last_query(builder, node, input_names) -> outputs at the last position only, for ordinary
+    # exports of a node whose later use is position-wise ops and last_timestep; None if none.
+    last_query: LowerFn | None = None
+
+
+@dataclass(frozen=True)
 class OpDef:
     """Everything attngraph knows about one op."""
 
@@ -50,6 +70,10 @@ class OpDef:
     # has decode forms that read positions, padding and the cache from a `Decode` context.
     per_position: Callable[[Any], bool] | None = None
     decode: DecodeForms | None = None
+    stream: StreamForms | None = None
+    # check(attrs, *inputs) -> None, or what is wrong with the arrays a node is about to get
+    # (sizes that symbolic dims left open at build time); the interpreter raises a FeedError.
+    check: Callable[..., str | None] | None = None
 
     def lowering(self, target: str) -> LowerFn:
         return self.lower.get(target) or self.lower["decomposed"]
@@ -68,6 +92,8 @@ def register(
     onnx: LowerFn | None = None,
     per_position: bool | Callable[[Any], bool] = False,
     decode: DecodeForms | None = None,
+    stream: StreamForms | None = None,
+    check: Callable[..., str | None] | None = None,
 ) -> OpDef:
     """Add an op to the registry; each op name is registered exactly once."""
     if name in OPS:
@@ -78,6 +104,6 @@ def register(
     if onnx is not None:
         lower["onnx"] = onnx
     rule = (lambda attrs: True) if per_position is True else (per_position or None)
-    op = OpDef(name, infer, reference, lower, rule, decode)
+    op = OpDef(name, infer, reference, lower, rule, decode, stream, check)
     OPS[name] = op
     return op

@@ -1,10 +1,12 @@
 """Attention analysis: weights of every attention layer and statistics per head.
 
-Statistics per layer and head, over batch items and query rows that attend something:
+Statistics per layer and head, over batch items and query rows that attend something, counting
+only the keys each row may attend (its causal / window / padding / mask allowance):
 - entropy: mean of -sum_j w_j log w_j (nats); low means sharp attention;
-- sparsity: share of weights below 0.01;
+- sparsity: share of attendable weights below 0.01 (masked positions are not counted);
 - max_weight: mean of each row's largest weight;
-- collapsed: max_weight > 0.95 or entropy < 0.1 (a head that looks at one key only).
+- collapsed: max_weight > 0.95 or entropy < 0.1 (a head that looks at one key only);
+- pattern: the head's dominant pattern (see `classify_heads`) and its strength in [0, 1].
 Per layer, head diversity is 1 - the mean cosine similarity between the heads' weight maps
 (0: all heads attend alike).
 """
@@ -13,34 +15,47 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ._errors import ConfigError
+from ._heatmap import plot_attention
+from ._table import render
 
-_CAPTURE: contextvars.ContextVar[list[np.ndarray] | None] = contextvars.ContextVar(
-    "attention_capture", default=None)
+_CAPTURE: contextvars.ContextVar[list[tuple[np.ndarray, np.ndarray | None]] | None] = \
+    contextvars.ContextVar("attention_capture", default=None)
 ATTENTION_OPS = ("multi_head_attention", "attention")
+PATTERNS = ("self", "previous", "first", "local", "broad")
+PATTERN_THRESHOLD = 0.5  # a specific pattern must hold half of the attention mass
+LOCAL_BAND = 2  # "local": keys within 2 positions of the query
+# The seed's remedies are "lower temperature, attention dropout, label smoothing". With DESIGN
+# §4's temperature t (scale = 1/(t sqrt(D))), a lower t sharpens attention further, so the
+# advice names the direction that softens a collapsed head instead.
+COLLAPSE_ADVICE = ("consider a softening temperature t > 1 (scale=1/(t*sqrt(D))), attention "
+                   "dropout or label smoothing (remedies at training time)")
+
+__all__ = ["AttentionReport", "LayerAttention", "analyze", "classify_heads", "head_statistics",
+           "plot_attention"]
 
 
 def capturing() -> bool:
     return _CAPTURE.get() is not None
 
 
-def record(weights: np.ndarray) -> None:
-    """Called by the attention reference with each layer's weights while analysing."""
+def record(weights: np.ndarray, allow: np.ndarray | None = None) -> None:
+    """Called by the attention reference with each layer's weights (and the keys each query
+    row could attend) while analysing."""
     captured = _CAPTURE.get()
     if captured is not None:
-        captured.append(weights)
+        captured.append((weights, allow))
 
 
 @contextlib.contextmanager
-def _capture() -> Iterator[list[np.ndarray]]:
-    captured: list[np.ndarray] = []
+def _capture() -> Iterator[list[tuple[np.ndarray, np.ndarray | None]]]:
+    captured: list[tuple[np.ndarray, np.ndarray | None]] = []
     token = _CAPTURE.set(captured)
     try:
         yield captured
@@ -59,57 +74,139 @@ class LayerAttention:
     max_weight: np.ndarray
     diversity: float
     collapsed: list[int] = field(default_factory=list)
+    pattern: list[str] = field(default_factory=list)
+    strength: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    pattern_scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        heads = [{"head": h, "entropy": float(self.entropy[h]),
+                  "sparsity": float(self.sparsity[h]), "max_weight": float(self.max_weight[h]),
+                  "collapsed": h in self.collapsed, "pattern": self.pattern[h],
+                  "strength": float(self.strength[h]),
+                  "pattern_scores": {k: float(v[h]) for k, v in self.pattern_scores.items()}}
+                 for h in range(self.weights.shape[1])]
+        return {"name": self.name, "shape": list(self.weights.shape),
+                "head_diversity": self.diversity, "heads": heads}
 
 
 @dataclass
 class AttentionReport:
     layers: dict[str, LayerAttention]
 
+    @property
+    def warnings(self) -> list[str]:
+        """One line per layer with collapsed heads, with what to try."""
+        return [f"{layer.name}: heads {', '.join(map(str, layer.collapsed))} collapsed "
+                f"(attention on one key); {COLLAPSE_ADVICE}"
+                for layer in self.layers.values() if layer.collapsed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form: per layer and head, every statistic; and the warnings."""
+        return {"layers": [layer.to_dict() for layer in self.layers.values()],
+                "warnings": self.warnings}
+
     def __str__(self) -> str:
-        rows = [("layer", "head", "entropy", "sparsity", "max weight", "collapsed")]
+        rows = [("layer", "head", "entropy", "sparsity", "max weight", "pattern", "collapsed")]
         for layer in self.layers.values():
             for h in range(layer.weights.shape[1]):
                 rows.append((layer.name, str(h), f"{layer.entropy[h]:.3f}",
                              f"{layer.sparsity[h]:.2f}", f"{layer.max_weight[h]:.3f}",
+                             f"{layer.pattern[h]} {layer.strength[h]:.2f}",
                              "yes" if h in layer.collapsed else ""))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = [render(rows[0], rows[1:])]
         for layer in self.layers.values():
             lines.append(f"{layer.name}: head diversity {layer.diversity:.3f}")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
-def head_statistics(weights: np.ndarray) -> LayerAttention:
-    """Statistics of weights [B, H, Sq, Sk] (see the module docstring)."""
+def classify_heads(weights: np.ndarray, allow: np.ndarray | None = None
+                   ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Each head's dominant pattern with its strength, from weights [B, H, Sq, Sk].
+
+    Query row i sits at absolute position p = Sk - Sq + i. For "self" (j = p, the diagonal),
+    "previous" (j = p - 1), "first" (j = 0, a sink) and "local" (|j - p| <= 2), a row's score is
+    its attention mass m on those keys measured against chance: (m - c) / (1 - c), where c is
+    the share of the row's attendable keys in the set (what uniform attention would give),
+    clipped at 0. Rows where the set holds no attendable key, or all of them, say nothing and
+    are skipped. A head's score is the mean over batch items and rows. The pattern is the
+    strongest of self / previous / first scoring at least 0.5, else "local" if it scores 0.5,
+    else "broad", whose strength is the mean entropy relative to its maximum
+    log(attendable keys).
+
+    Returns (pattern per head, strength per head, {pattern: score per head}).
+    """
     w = weights.astype(np.float64)
+    _, heads, sq, sk = w.shape
+    allow_b = np.ones(w.shape, bool) if allow is None else np.broadcast_to(allow, w.shape)
+    p = np.arange(sq) + (sk - sq)  # (Sq,) absolute query positions
+    j = np.arange(sk)
+    live = w.sum(-1) > 0  # (B, H, Sq)
+    offsets = j[None, :] - p[:, None]  # (Sq, Sk): j - p
+    sets = {"self": offsets == 0, "previous": offsets == -1,
+            "first": np.broadcast_to(j[None, :] == 0, offsets.shape),
+            "local": np.abs(offsets) <= LOCAL_BAND}
+    count = allow_b.sum(-1)  # (B, H, Sq) attendable keys
+    scores = {}
+    for kind, keys in sets.items():
+        inside = (allow_b & keys).sum(-1)  # (B, H, Sq)
+        chance = inside / np.maximum(count, 1)
+        mass = (w * keys).sum(-1)
+        lift = np.clip((mass - chance) / np.where(chance < 1, 1 - chance, 1), 0.0, 1.0)
+        scores[kind] = _mean_live(lift, live & (inside > 0) & (inside < count))
+    ent = -(w * np.log(np.where(w > 0, w, 1.0))).sum(-1)
+    scores["broad"] = _mean_live(ent / np.log(np.maximum(count, 2)), live & (count > 1))
+    patterns, strength = [], np.zeros(heads)
+    for h in range(heads):
+        specific = max(("self", "previous", "first"), key=lambda k: scores[k][h])
+        if scores[specific][h] >= PATTERN_THRESHOLD:
+            kind = specific
+        elif scores["local"][h] >= PATTERN_THRESHOLD:
+            kind = "local"
+        else:
+            kind = "broad"
+        patterns.append(kind)
+        strength[h] = scores[kind][h]
+    return patterns, strength, scores
+
+
+def _mean_live(values: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """Mean per head (axis 1) over the (batch, row) entries where `live`."""
+    out = np.zeros(values.shape[1])
+    for h in range(values.shape[1]):
+        sel = live[:, h]
+        out[h] = values[:, h][sel].mean() if sel.any() else 0.0
+    return out
+
+
+def head_statistics(weights: np.ndarray, allow: np.ndarray | None = None) -> LayerAttention:
+    """Statistics of weights [B, H, Sq, Sk] (see the module docstring). allow: bool,
+    broadcastable to the weights, True where a key was attendable (default: every key)."""
+    w = weights.astype(np.float64)
+    allow_b = np.ones(w.shape, bool) if allow is None else np.broadcast_to(allow, w.shape)
     live = w.sum(-1) > 0  # (B, H, Sq): rows that attend something
-    entropy_rows = -(w * np.log(np.where(w > 0, w, 1.0))).sum(-1)
+    entropy = _mean_live(-(w * np.log(np.where(w > 0, w, 1.0))).sum(-1), live)
+    max_weight = _mean_live(w.max(-1), live)
+    attendable = allow_b.sum(axis=(0, 2, 3))
+    small = ((w < 0.01) & allow_b).sum(axis=(0, 2, 3))
+    sparsity = np.where(attendable > 0, small / np.maximum(attendable, 1), 0.0)
     heads = w.shape[1]
-
-    def per_head(values: np.ndarray) -> np.ndarray:
-        out = np.zeros(heads)
-        for h in range(heads):
-            sel = live[:, h]
-            out[h] = values[:, h][sel].mean() if sel.any() else 0.0
-        return out
-
-    entropy = per_head(entropy_rows)
-    max_weight = per_head(w.max(-1))
-    sparsity = (w < 0.01).mean(axis=(0, 2, 3))
     flat = w.transpose(1, 0, 2, 3).reshape(heads, -1)
     norms = np.linalg.norm(flat, axis=1)
     cos = flat @ flat.T / np.maximum(np.outer(norms, norms), 1e-12)
     pairs = cos[np.triu_indices(heads, 1)]
     diversity = float(1.0 - pairs.mean()) if pairs.size else 0.0
     collapsed = [h for h in range(heads) if max_weight[h] > 0.95 or entropy[h] < 0.1]
-    return LayerAttention("", weights, entropy, sparsity, max_weight, diversity, collapsed)
+    pattern, strength, scores = classify_heads(weights, allow)
+    return LayerAttention("", weights, entropy, sparsity, max_weight, diversity, collapsed,
+                          pattern, strength, scores)
 
 
 def analyze(model: Any, params: Mapping[str, np.ndarray],
             feeds: Mapping[str, Any]) -> AttentionReport:
     """Run the reference interpreter and collect, per attention layer and head, the weights
-    and their statistics. Returns an AttentionReport (print it for a table)."""
+    and their statistics. Returns an AttentionReport (print it for a table, `to_dict()` for
+    JSON, `ag.plot_attention` for heat maps)."""
     from ._interpreter import evaluate
 
     layers: dict[str, LayerAttention] = {}
@@ -117,7 +214,7 @@ def analyze(model: Any, params: Mapping[str, np.ndarray],
 
         def observe(node: Any, name: str) -> None:
             if node.op in ATTENTION_OPS and captured:
-                stats = head_statistics(captured.pop())
+                stats = head_statistics(*captured.pop())
                 stats.name = name
                 layers[name] = stats
             captured.clear()
@@ -126,37 +223,3 @@ def analyze(model: Any, params: Mapping[str, np.ndarray],
     if not layers:
         raise ConfigError("analyze: the model has no attention layer")
     return AttentionReport(layers)
-
-
-def plot_attention(report: AttentionReport, path: str | os.PathLike[str], *,
-                   layer: str | None = None, batch: int = 0, heads: Sequence[int] | None = None,
-                   tokens: Sequence[str] | None = None) -> str:
-    """Write heat maps (one panel per head) of one layer's weights to a PNG; needs the `viz`
-    extra (matplotlib). Returns the path."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("plot_attention needs matplotlib: pip install 'attngraph[viz]'") \
-            from None
-    name = layer or next(iter(report.layers))
-    if name not in report.layers:
-        raise ConfigError(f"plot_attention: no layer {name!r}; layers are {list(report.layers)}")
-    w = report.layers[name].weights[batch]  # (H, Sq, Sk)
-    heads = list(range(w.shape[0])) if heads is None else list(heads)
-    fig, axes = plt.subplots(1, len(heads), figsize=(3.2 * len(heads), 3.4), squeeze=False)
-    for ax, h in zip(axes[0], heads):
-        ax.imshow(w[h], cmap="viridis", vmin=0.0, vmax=max(float(w[h].max()), 1e-6))
-        ax.set_title(f"{name} head {h}", fontsize=9)
-        if tokens is not None:
-            ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
-            ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
-        ax.set_xlabel("key")
-        ax.set_ylabel("query")
-    fig.tight_layout()
-    path = os.fspath(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -52,13 +52,14 @@ def transformer_block(
     scale: float | None = None, rope: bool = False, rope_base: float = 10000.0,
     rotary_dim: int | None = None, qk_layernorm: bool = False, use_bias: bool = True,
     norm_eps: float | None = None, name: str | None = None,
+    rope_scaling: dict[str, Any] | None = None,
 ) -> Value:
     """One transformer layer: self-attention (+ cross-attention over `context`) + feed-forward,
     each with a residual connection and a norm ("pre": x + f(norm(x)); "post": norm(x + f(x))).
 
     Layers are named `{name}.attn`, `{name}.cross_attn`, `{name}.ffn.*`, `{name}.norm1..3`.
     attn_bias / cross_attn_bias: additive float masks (e.g. a shared T5 relative bias);
-    scale, rope*, qk_layernorm: as in `multi_head_attention`; use_bias applies to every
+    scale, rope*, rope_scaling, qk_layernorm: as in `multi_head_attention`; use_bias applies to every
     projection; norm_eps defaults to 1e-5 (layer) or 1e-6 (rms).
     Returns [batch, seq, embed] like x.
     """
@@ -90,7 +91,7 @@ def transformer_block(
         t, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, causal=causal,
         window=window, key_padding_mask=key_padding_mask, mask=attn_bias, scale=scale,
         rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, qk_layernorm=qk_layernorm,
-        use_bias=use_bias, name=f"{base}.attn"))
+        use_bias=use_bias, rope_scaling=rope_scaling, name=f"{base}.attn"))
     n = 2
     if context is not None:
         h = sublayer(h, n, lambda t: multi_head_attention(

@@ -82,6 +82,52 @@ class _Cached:
         return fetched[LOGITS][:, -1].astype(np.float32)  # (B, V)
 
 
+class _Shared:
+    """A shared-buffer cached decoder on onnxruntime (`export(..., share_buffer=True)`): one
+    [batch, kv_heads, max_len, head_dim] buffer per cache, allocated once on the model's
+    device and updated in place by the model; nothing is copied between steps. A row's
+    tokens sit at the front of its buffer, so a left-padded prompt is fed with its tokens
+    moved to the front (the padding after them) and the first logits are read at each row's
+    last token."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.past_inputs = [n for n in session.inputs if n.startswith("past_key_values.")]
+        self.alias = {n: n.replace("past_key_values.", "present.") for n in self.past_inputs}
+        self.layer_config = _recorded_layers(session)
+        self.buffers: dict[str, Any] = {}
+        self.max_len = 0
+
+    def reserve(self, max_len: int) -> None:
+        """Room for the longest prompt plus every new token (called before start)."""
+        self.max_len = max_len
+
+    def start(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        batch, width = ids.shape
+        lengths = mask.sum(axis=1)
+        front = np.zeros_like(ids)
+        for row, n in enumerate(lengths):
+            front[row, :n] = ids[row, mask[row] == 1]
+        self.buffers = {}
+        for name in self.past_inputs:
+            t = self.session.inputs[name]
+            self.buffers[name] = self.session.buffer(
+                (batch, t.shape[1], max(self.max_len, width), t.shape[3]), t.dtype)
+        self.count = np.arange(width)[None] < lengths[:, None]  # (B, S) right-padded mask
+        logits = self._run(front, self.count.astype(np.int64))  # (B, S, V)
+        return logits[np.arange(batch), lengths - 1].astype(np.float32)  # (B, V)
+
+    def step(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        # every row gained one token: the mask over the buffer grows by one column of ones
+        self.count = np.concatenate([self.count, np.ones((ids.shape[0], 1), bool)], axis=1)
+        return self._run(ids, self.count.astype(np.int64))[:, -1].astype(np.float32)
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        fetched, _ = self.session.run_bound({IDS: ids, MASK: mask}, self.buffers, keep=[],
+                                            fetch=[LOGITS], alias=self.alias)
+        return fetched[LOGITS]
+
+
 class _Recompute:
     """An exported model without a cache: every step recomputes the whole sequence (the
     baseline the cache is measured against)."""
@@ -152,6 +198,8 @@ def _backend(target: Any, params: Mapping[str, np.ndarray] | None) -> Any:
     if isinstance(target, Session):
         if IDS in target.inputs and MASK in target.inputs and any(
                 n.startswith("past_key_values.") for n in target.inputs):
+            if target.metadata.get("attngraph.share_buffer") == "true":
+                return _Shared(target)
             return _Cached(target)
         return _Recompute(target)
     raise ConfigError(f"generate: expected an ag.Session or an ag.Model, given "
@@ -247,6 +295,8 @@ def _start(session_or_model: Any, prompt_ids: Any, max_new_tokens: int,
     ids, mask = _prompt(prompt_ids, attention_mask)
     backend = _backend(session_or_model, params)
     _check_positions(backend.layer_config, mask, new)
+    if isinstance(backend, _Shared):
+        backend.reserve(ids.shape[1] + new)
     return ids, _loop(backend, ids, mask, new, float(temperature), k, top_p,
                       np.random.default_rng(seed), eos, pad if pad is not None else (eos or 0),
                       progress)
@@ -276,6 +326,7 @@ def _loop(backend: Any, ids: np.ndarray, mask: np.ndarray, max_new_tokens: int,
                 done |= chosen == eos
             if bar is not None:
                 bar.update(1)
+                bar.clear()  # whatever the caller prints now starts on a clean line
             yield token
             if done.all() or step == max_new_tokens - 1:
                 return

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import attngraph as ag
-from attngraph._decode import cache_layers, empty_past
+from attngraph._decode import cache_layers, empty_past, past_names
 from attngraph._registry import TARGETS
 
 ATOL = 1e-4
@@ -48,22 +48,24 @@ def tiny_model(kind: str) -> ag.Model:
 
 KINDS = ("gpt", "llama", "mistral")
 BACKENDS = ("reference", *TARGETS)
-_CACHE: dict[tuple[str, str], Any] = {}
+_CACHE: dict[tuple[str, str, bool | None], Any] = {}
 
 
-def stepper(kind: str, backend: str) -> tuple[ag.Model, dict[str, np.ndarray], Callable]:
+def stepper(kind: str, backend: str,
+            share_buffer: bool | None = None) -> tuple[ag.Model, dict[str, np.ndarray], Callable]:
     """(model, params, run(feeds) -> outputs) for one cached decoder, built once per module."""
-    if (kind, backend) not in _CACHE:
+    if (kind, backend, share_buffer) not in _CACHE:
         model = tiny_model(kind)
         params = model.init(seed=3)
         if backend == "reference":
             def run(feeds: dict[str, Any], m: ag.Model = model) -> dict[str, np.ndarray]:
                 return m.predict(params, feeds, kv_cache=True)
         else:
-            proto = ag.export(model, params, target=backend, kv_cache=True)
+            proto = ag.export(model, params, target=backend, kv_cache=True,
+                              share_buffer=share_buffer)
             run = ag.Session(proto, ["CPUExecutionProvider"]).run
-        _CACHE[(kind, backend)] = (model, params, run)
-    return _CACHE[(kind, backend)]
+        _CACHE[(kind, backend, share_buffer)] = (model, params, run)
+    return _CACHE[(kind, backend, share_buffer)]
 
 
 def decode(model: ag.Model, run: Callable, ids: np.ndarray, mask: np.ndarray,
@@ -111,7 +113,9 @@ def test_cached_steps_equal_recompute(kind: str, backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", (*KINDS, "mixed"))
 def test_left_padded_rows_compute_alone(kind: str, backend: str) -> None:
-    model, params, run = stepper(kind, backend)
+    """The copying form takes left-padded masks as they are (the shared-buffer form wants a
+    row's tokens at the front instead: see test_shared_buffer_*)."""
+    model, params, run = stepper(kind, backend, share_buffer=False)
     rng = np.random.default_rng(1)
     lengths = (7, 3, 5)
     width, total = max(lengths), max(lengths) + 10
@@ -261,3 +265,129 @@ def test_prompt_in_chunks(backend: str) -> None:
                       if k.startswith("present")})
     close(np.concatenate(logits, 1), model.predict(params, {"input_ids": ids})["logits"],
           f"mistral/{backend} chunked prompt")
+
+
+# -- the shared past/present buffer ("ort") ---------------------------------------------------
+
+
+def test_shared_buffer_is_the_default_where_it_fits() -> None:
+    """GroupQueryAttention without an S x T bias; copying form for windows, head_dim 6 and the
+    other targets."""
+    def shared(model: ag.Model, **kw: Any) -> str:
+        proto = ag.export(model, model.init(), kv_cache=True, **kw)
+        gqa = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
+        if {p.key: p.value for p in proto.metadata_props}["attngraph.share_buffer"] == "true":
+            assert gqa and all(len(n.input) == 7 for n in gqa)  # no attention_bias input
+            return "shared"
+        return "copying"
+
+    assert shared(tiny("llama")) == shared(tiny("gpt")) == "shared"
+    assert shared(tiny("mistral")) == "copying"  # a windowed cache is already short
+    assert shared(tiny("mistral"), share_buffer=True) == "shared"
+    assert shared(tiny("llama"), target="onnx") == "copying"
+    assert shared(tiny("llama"), share_buffer=False) == "copying"
+    odd = ag.models.gpt(vocab_size=VOCAB, n_positions=32, n_embd=12, n_layer=1, n_head=2)
+    assert shared(odd) == "copying"
+    with pytest.raises(ag.UnsupportedError, match=r"'h\.0\.attn'.*head_dim % 8 == 0.*given "
+                                                  r"head_dim 6"):
+        ag.export(odd, odd.init(), kv_cache=True, share_buffer=True)
+    with pytest.raises(ag.UnsupportedError, match="needs target 'ort'"):
+        ag.export(tiny("llama"), tiny("llama").init(), kv_cache=True, target="onnx",
+                  share_buffer=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shared_buffer_rows_at_the_front_compute_alone(kind: str) -> None:
+    """The shared form's convention fed directly: each row's tokens at the front of the
+    prompt (right padding), then one token per step with the mask growing by a column of
+    ones; a past longer than needed (a preallocated buffer) is read only where the row has
+    tokens."""
+    model, params, run = stepper(kind, "ort", share_buffer=True)
+    layers = cache_layers(model)
+    rng = np.random.default_rng(5)
+    lengths, steps, room = (6, 2, 4), 9, 20
+    width = max(lengths)
+    rows = [rng.integers(0, VOCAB, n + steps) for n in lengths]
+    ids = np.zeros((3, width), np.int64)
+    for r, (n, row) in enumerate(zip(lengths, rows)):
+        ids[r, :n] = row[:n]
+    mask = (np.arange(width)[None] < np.array(lengths)[:, None]).astype(np.int64)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    for i, x in enumerate(cache_layers(model)):
+        for name in past_names(i):
+            feeds[name] = np.zeros((3, x.kv_heads, room, x.head_dim), np.float32)
+    got: list[list[np.ndarray]] = [[] for _ in lengths]
+    for step in range(steps + 1):
+        out = run(feeds)
+        assert all(out[f"present.{i}.key"].shape[2] == room for i in range(len(layers)))
+        for r, n in enumerate(lengths):
+            got[r].append(out["logits"][r, :n] if step == 0 else out["logits"][r])
+        if step == steps:
+            break
+        feeds.update({k.replace("present", "past_key_values"): v for k, v in out.items()
+                      if k.startswith("present")})
+        feeds["input_ids"] = np.array([[row[n + step]] for n, row in zip(lengths, rows)])
+        feeds["attention_mask"] = np.concatenate([feeds["attention_mask"],
+                                                  np.ones((3, 1), np.int64)], axis=1)
+    for r, row in enumerate(rows):
+        alone = model.predict(params, {"input_ids": row[None]})["logits"][0]
+        close(np.concatenate(got[r]), alone, f"{kind} shared buffer row {r}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_updates_one_buffer_in_place(kind: str) -> None:
+    """ag.generate on a shared-buffer export: a left-padded batch gives the reference's
+    logits at every step, and the keys land in the one buffer bound before the prompt (a
+    kernel that wrote a fresh present would leave it zero)."""
+    from attngraph.generation import _backend
+
+    model, params, _ = stepper(kind, "reference")
+    session = ag.Session(ag.export(model, params, kv_cache=True, share_buffer=True),
+                         ["CPUExecutionProvider"])
+    lengths, steps = (7, 3, 5), 12
+    width = max(lengths)
+    rng = np.random.default_rng(6)
+    ids = rng.integers(0, VOCAB, (3, width))
+    mask = (np.arange(width)[None] >= width - np.array(lengths)[:, None]).astype(np.int64)
+    ours, ref = _backend(session, None), _backend(model, params)
+    ours.reserve(width + steps)
+    buffers = None
+    for step in range(steps):
+        if step == 0:
+            a, b = ours.start(ids, mask), ref.start(ids, mask)
+            buffers = dict(ours.buffers)
+        else:
+            token = a.argmax(-1)[:, None]
+            mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
+            a, b = ours.step(token, mask), ref.step(token, mask)
+        close(a, b, f"{kind} generate step {step}")
+        assert ours.buffers == buffers  # the same OrtValues, never replaced
+    for name in ours.past_inputs:
+        held = ours.buffers[name].numpy()  # (B, Hkv, width + steps, D)
+        assert held.shape[2] == width + steps
+        for r, n in enumerate(lengths):
+            # the row's last positions (all of them, or the reference's window-trimmed cache)
+            last = min(n + steps - 1, ref.past[name].shape[2])
+            np.testing.assert_allclose(held[r, :, n + steps - 1 - last:n + steps - 1],
+                                       ref.past[name][r, :, -last:], atol=ATOL)
+
+
+def test_shared_buffer_float16() -> None:
+    """A float16 shared-buffer export: float16 buffers, logits near the float32 reference."""
+    from attngraph.generation import _backend
+
+    model, params, _ = stepper("llama", "reference")
+    proto = ag.export(model, params, kv_cache=True, dtype="float16")
+    session = ag.Session(proto, ["CPUExecutionProvider"])
+    assert session.metadata["attngraph.share_buffer"] == "true"
+    ids = np.random.default_rng(9).integers(0, VOCAB, (2, 6))
+    mask = np.array([[0, 0, 1, 1, 1, 1], [1] * 6])
+    ours, ref = _backend(session, None), _backend(model, params)
+    ours.reserve(10)
+    a, b = ours.start(ids, mask), ref.start(ids, mask)
+    assert ours.buffers["past_key_values.0.key"].numpy().dtype == np.float16
+    for _ in range(3):
+        assert np.abs(a - b).max() < 2e-2
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        token = b.argmax(-1)[:, None]
+        a, b = ours.step(token, mask), ref.step(token, mask)

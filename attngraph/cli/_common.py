@@ -13,7 +13,8 @@ from .._registry import TARGETS
 from .._types import FLOAT_DTYPES, TensorType, normalize_dtype
 from ..runtime import available_providers
 
-SPEC_HELP = "Python file defining the model, optionally :NAME (default: build, then model)"
+SPEC_HELP = ("Python file defining the model, optionally :NAME (default: build, then model); "
+             "or hf:DIR, a Hugging Face checkpoint folder")
 
 
 class CLIError(Exception):
@@ -86,7 +87,7 @@ def providers(text: str) -> list[str]:
 
 def model_options(p: argparse.ArgumentParser, *, params: bool) -> None:
     """The FILE.py[:NAME] positional, and with `params` also --params, --seed and --dtype."""
-    p.add_argument("model", metavar="FILE.py[:NAME]", help=SPEC_HELP)
+    p.add_argument("model", metavar="FILE.py[:NAME]|hf:DIR", help=SPEC_HELP)
     if params:
         p.add_argument("--params", metavar="PARAMS", help=".safetensors or .npz parameters "
                        "(default: the file's, else model.init(--seed))")
@@ -123,3 +124,12 @@ def human_size(n: float) -> str:
             return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def token_ids(text: str) -> list[int]:
+    """--prompt's token ids, separated by spaces or commas."""
+    parts = text.replace(",", " ").split()
+    if not parts or not all(p.isdigit() for p in parts):
+        raise CLIError(f"--prompt expects token ids separated by spaces or commas, given "
+                       f"{text!r}")
+    return [int(p) for p in parts]

@@ -20,6 +20,7 @@ from .._errors import AttnGraphError
 from .._model import Model
 from .._params import load_params
 from ._common import CLIError
+from ._hf import is_hf, load_hf
 
 DEFAULT_NAMES = ("build", "model")
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,8 +151,11 @@ def _resolve(obj: Any, label: str, path: str) -> tuple[Model, Params | None]:
     return model, (dict(params) if params is not None else None)
 
 
-def load_model(spec: str) -> tuple[Model, Params | None]:
-    """Load `FILE.py[:NAME]` and return (model, params given by the file or None)."""
+def load_model(spec: str) -> tuple[Model, Mapping[str, np.ndarray] | None]:
+    """Load `FILE.py[:NAME]` and return (model, params given by the file or None); or load
+    `hf:DIR`, a Hugging Face checkpoint folder, with its (memory-mapped) params."""
+    if is_hf(spec):
+        return load_hf(spec)
     path, name = split_spec(spec)
     require_file(path, "the model file, FILE.py[:NAME]")
     if not path.endswith(".py"):
@@ -170,7 +174,7 @@ def load_model(spec: str) -> tuple[Model, Params | None]:
         raise CLIError(f"{path} defines {wanted}; name the model as {path}:NAME{hint}")
 
 
-def model_and_params(args: argparse.Namespace) -> tuple[Model, Params]:
+def model_and_params(args: argparse.Namespace) -> tuple[Model, Mapping[str, np.ndarray]]:
     """The model of `args.model` and its params: --params, else the file's, else init(seed)."""
     model, params = load_model(args.model)
     if args.params is not None:

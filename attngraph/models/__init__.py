@@ -19,7 +19,7 @@ from ._edifice import (
     recommended_defaults,
     sliding_window,
 )
-from ._families import bert, gpt, llama, mistral, t5
+from ._families import bert, gemma2, gpt, llama, mistral, phi3, qwen2, t5
 
 BUILDERS: dict[str, Callable[..., Any]] = {
     "attention": attention,
@@ -31,6 +31,9 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "t5": t5,
     "llama": llama,
     "mistral": mistral,
+    "qwen2": qwen2,
+    "gemma2": gemma2,
+    "phi3": phi3,
 }
 
 
@@ -41,5 +44,6 @@ def build(kind: str, **opts: Any) -> Any:
     return BUILDERS[kind](**opts)
 
 
-__all__ = ["BUILDERS", "attention", "bert", "build", "gpt", "hf", "hybrid", "hybrid_mlp", "llama",
-           "mistral", "output_size", "recommended_defaults", "sliding_window", "t5"]
+__all__ = ["BUILDERS", "attention", "bert", "build", "gemma2", "gpt", "hf", "hybrid", "hybrid_mlp",
+           "llama", "mistral", "output_size", "phi3", "qwen2", "recommended_defaults",
+           "sliding_window", "t5"]

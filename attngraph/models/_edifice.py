@@ -66,9 +66,12 @@ def attention(**opts: Any) -> Model:
 
 
 def _hybrid_body(c: Checker, embed_dim: int, lstm_hidden: int, lstm_layers: int,
-                 num_heads: int, head_dim: int, dropout: float) -> tuple[Any, Any]:
+                 num_heads: int, head_dim: int, dropout: float,
+                 window_size: int | None) -> tuple[Any, Any]:
     from ..recurrent import lstm
 
+    if window_size is not None:
+        c.pos_int(window_size, "window_size")
     c.pos_int(embed_dim, "embed_dim")
     c.pos_int(lstm_hidden, "lstm_hidden")
     c.pos_int(lstm_layers, "lstm_layers")
@@ -76,29 +79,37 @@ def _hybrid_body(c: Checker, embed_dim: int, lstm_hidden: int, lstm_layers: int,
     frames = input("input", ("batch", "seq", embed_dim))
     h = lstm(frames, lstm_hidden, num_layers=lstm_layers, name="lstm")
     h = dense(h, hidden, name="lstm_proj")
-    a = multi_head_attention(h, num_heads=num_heads, head_dim=head_dim, name="attn")
+    a = multi_head_attention(h, num_heads=num_heads, head_dim=head_dim, window=window_size,
+                             name="attn")
     h = layer_norm(add(h, dropout_layer(a, dropout, name="attn_drop"), name="attn_res"),
                    name="attn_norm")
     return frames, last_timestep(h, name="last")
 
 
 def hybrid(embed_dim: int, lstm_hidden: int = 256, lstm_layers: int = 1, num_heads: int = 4,
-           head_dim: int = 64, dropout: float = 0.1) -> Model:
+           head_dim: int = 64, dropout: float = 0.1, window_size: int | None = None) -> Model:
     """Frames -> LSTM -> self-attention (post-norm residual) -> [batch, num_heads * head_dim]
-    from the last position: the LSTM captures local patterns, attention long-range ones."""
+    from the last position: the LSTM captures local patterns, attention long-range ones.
+
+    Only the last position is read, so the attention is evaluated for the last query alone
+    (in every export) and the model streams. window_size=None: that query sees every frame
+    (a streamed cache grows with the stream); an int W: only the last W frames (a causal
+    sliding window; streaming state stays bounded).
+    """
     c = Checker("models.hybrid", None, caller_location())
     frames, out = _hybrid_body(c, embed_dim, lstm_hidden, lstm_layers, num_heads, head_dim,
-                               dropout)
+                               dropout, window_size)
     return Model(frames, {"output": out}, name="hybrid")
 
 
 def hybrid_mlp(embed_dim: int, lstm_hidden: int = 256, lstm_layers: int = 1, num_heads: int = 4,
                head_dim: int = 64, dropout: float = 0.1,
-               mlp_sizes: tuple[int, ...] = (256, 256)) -> Model:
-    """`hybrid` followed by ReLU MLP layers of `mlp_sizes` (for policy/value heads)."""
+               mlp_sizes: tuple[int, ...] = (256, 256), window_size: int | None = None) -> Model:
+    """`hybrid` followed by ReLU MLP layers of `mlp_sizes` (for policy/value heads);
+    window_size as in `hybrid`."""
     c = Checker("models.hybrid_mlp", None, caller_location())
     frames, h = _hybrid_body(c, embed_dim, lstm_hidden, lstm_layers, num_heads, head_dim,
-                             dropout)
+                             dropout, window_size)
     for i, size in enumerate(mlp_sizes):
         c.pos_int(size, f"mlp_sizes[{i}]")
         h = relu(dense(h, size, name=f"mlp.{i}"))

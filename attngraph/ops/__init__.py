@@ -1,3 +1,12 @@
 """Op families; importing this package registers every op."""
 
-from . import attention, basic, norm, position_bias, recurrent, sequence  # noqa: F401
+from . import (  # noqa: F401
+    attention,
+    basic,
+    heads,
+    norm,
+    patterns,
+    position_bias,
+    recurrent,
+    sequence,
+)

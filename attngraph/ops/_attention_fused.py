@@ -37,7 +37,7 @@ from ._attention_graph import (
     to_heads,
     zero_dead_rows,
 )
-from ._rope import rope_cache
+from ._rope import rope_cache, rope_parts
 
 
 def fused_attention(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
@@ -116,7 +116,7 @@ def _ms_gqa(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str
     rotary = rope_is_fused(a)
     if rotary:
         assert a.rope is not None
-        inputs[7:9] = rope_cache(b, q, a.rope[0], a.rope[1])  # (S, D/2) each
+        inputs[7:9] = rope_cache(b, q, a.rope[0], a.rope[1], rope_parts(a.rope)[3])  # (S, D/2)
     if allow is not None:
         inputs += ["", additive_bias(b, a, expand_rows(b, allow, q, k, 1), mask)]
     out = b.op(

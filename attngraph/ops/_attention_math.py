@@ -74,7 +74,7 @@ def attention_reference(
     e = np.where(allow, np.exp(scores - row_max), 0.0)
     denom = e.sum(axis=-1, keepdims=True)
     weights = e / np.where(denom == 0.0, 1.0, denom)  # fully masked rows: all zeros
-    record(weights)  # for ag.analyze
+    record(weights, allow)  # for ag.analyze: weights and which keys each row could attend
     return (weights @ v).astype(q.dtype), weights.astype(q.dtype)
 
 

@@ -13,14 +13,25 @@ from typing import Any
 import numpy as np
 
 from .._decode import looks_ahead
-from .._registry import DecodeForms, register
+from .._registry import DecodeForms, StreamForms, register
 from .._types import INT_DTYPES, TensorType, same_dim
 from ._attention_blocked import blocked_attention, threshold
-from ._attention_cache import cached_attention, trim_to_window
+from ._attention_cache import cached_attention, decode_rope, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention
 from ._attention_math import attention_reference, merge_heads, split_heads
-from ._rope import rope_graph, rope_reference
+from ._attention_stream import (
+    keep_last,
+    last_query_attention,
+    lookback,
+    slice_last,
+    stream_attention,
+    stream_check,
+    stream_last_query,
+    stream_positions,
+    stream_state,
+)
+from ._rope import rope_graph, rope_parts, rope_reference
 from ._shapes import Fail, need_float
 
 
@@ -35,11 +46,39 @@ def _check_masks(mask: Any, kpm: Any, batch: Any, hq: int, sq: Any, sk: Any, fai
         if mask.dtype not in ("bool", "float32", "float16"):
             fail(f"mask must be bool (True = attend) or float (additive), given {mask}")
         full = (batch, hq, sq, sk)
-        if mask.rank > 4 or any(
+        # A 2-D mask whose first dim is the batch dim lines batch up with the query axis: the
+        # Hugging Face attention_mask habit. It broadcasts only by accident (batch == q_seq).
+        batch_on_queries = mask.rank == 2 and same_dim(mask.shape[0], batch) is True \
+            and same_dim(batch, sq) is not True
+        if batch_on_queries or mask.rank > 4 or any(
             d != 1 and same_dim(d, f) is False for d, f in zip(mask.shape[::-1], full[::-1])
         ):
             fail(f"mask must broadcast to [batch, heads, q_seq, kv_seq] = "
-                 f"[{batch},{hq},{sq},{sk}], given {mask}")
+                 f"[{batch},{hq},{sq},{sk}], given {mask}{_padding_hint(mask.rank)}")
+
+
+def _padding_hint(rank: int) -> str:
+    return ("; a [batch, kv_seq] padding mask (Hugging Face's attention_mask) goes in "
+            "key_padding_mask=, True/1 = attend" if rank == 2 else "")
+
+
+def masks_problem(batch: int, hq: int, sq: int, sk: int, kpm: tuple[int, ...] | None,
+                  mask: tuple[int, ...] | None) -> str | None:
+    """The run-time half of `_check_masks` on concrete shapes: sizes that symbolic dims left
+    open at build time (used by the interpreter and by `ag.Session` of a Model)."""
+    if kpm is not None and tuple(kpm) != (batch, sk):
+        return (f"key_padding_mask must be [batch, kv_seq] = [{batch},{sk}] for these feeds, "
+                f"given {list(kpm)}")
+    full = (batch, hq, sq, sk)
+    if mask is not None and (len(mask) > 4 or any(
+            d != 1 and d != f for d, f in zip(mask[::-1], full[::-1]))):
+        return (f"mask must broadcast to [batch, heads, q_seq, kv_seq] = [{batch},{hq},{sq},"
+                f"{sk}] for these feeds, given {list(mask)}{_padding_hint(len(mask))}")
+    return None
+
+
+def _shape(a: np.ndarray | None) -> tuple[int, ...] | None:
+    return None if a is None else tuple(int(d) for d in a.shape)
 
 
 def attn_facts(node: Any, same_len: bool, hq: int, hkv: int, d: int, dv: int) -> Attn:
@@ -118,10 +157,21 @@ def _sdpa_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     return _core(b, a, q_in, k_in, v_in, mask, kpm, "4d")
 
 
+def _sdpa_check(attrs: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                kpm: np.ndarray | None, mask: np.ndarray | None) -> str | None:
+    return masks_problem(q.shape[0], q.shape[1], q.shape[2], k.shape[2], _shape(kpm),
+                         _shape(mask))
+
+
 register("attention", infer=_sdpa_infer, reference=_sdpa_ref, decomposed=_sdpa_lower,
-         ort=_sdpa_lower, onnx=_sdpa_lower)
+         ort=_sdpa_lower, onnx=_sdpa_lower, check=_sdpa_check)
 
 # -- multi-head attention (one node, with its projections) -----------------------------------
+
+
+def value_dim(attrs: Any) -> int:
+    """Width Dv of a multi_head_attention layer's value heads (head_dim unless set)."""
+    return int(attrs.get("value_dim", attrs["head_dim"]))
 
 
 def _mha_infer(types: list[Any], attrs: Any, fail: Fail) -> list[TensorType]:
@@ -153,9 +203,9 @@ def _heads_ref(attrs: Any, p: dict[str, np.ndarray], x: np.ndarray, src: np.ndar
     if attrs["qk_layernorm"]:
         q, k = _head_norm(q, p, "q_norm"), _head_norm(k, p, "k_norm")
     if attrs["rope"] is not None:
-        rotary_dim, base, interleaved = attrs["rope"]
-        q = rope_reference(q, rotary_dim, base, interleaved, positions)
-        k = rope_reference(k, rotary_dim, base, interleaved, positions)
+        rotary_dim, base, interleaved, scaling = rope_parts(attrs["rope"])
+        q = rope_reference(q, rotary_dim, base, interleaved, positions, scaling)
+        k = rope_reference(k, rotary_dim, base, interleaved, positions, scaling)
     return q, k, v
 
 
@@ -191,15 +241,17 @@ def _head_norm_graph(b: Any, x: str, heads: int, dim: int, name: str) -> str:
 
 
 def _project_graph(b: Any, node: Any, x: str, src: str,
-                   positions: tuple[str, str] | None = None) -> tuple[str, str, str, Attn]:
+                   decode: Any = None,
+                   offsets: tuple[str, str] | None = None) -> tuple[str, str, str, Attn]:
     """Projected q (B, Sq, Hq*D), k, v (B, Sk, Hkv*D) (normalised, rotated unless the fused
-    op rotates them) and the layer's attention facts."""
+    op rotates them) and the layer's attention facts. `offsets`: q and k sit at positions
+    offset .. offset+S-1 ((1,) int64 tensors; streaming and last-query forms)."""
     attrs = node.attrs
     x_type, ctx_value = node.inputs[0].type, node.inputs[1]
     same = ctx_value is None
     hq, hkv, d = attrs["num_heads"], attrs["num_kv_heads"], attrs["head_dim"]
     a = attn_facts(node, same or same_dim(x_type.shape[1], ctx_value.type.shape[1]) is True,
-                   hq, hkv, d, d)
+                   hq, hkv, d, value_dim(attrs))
     a = replace(a, cross=not same, rope=attrs["rope"])
 
     q, k, v = (_dense_graph(b, node, t, name)
@@ -207,17 +259,24 @@ def _project_graph(b: Any, node: Any, x: str, src: str,
     if attrs["qk_layernorm"]:
         q = _head_norm_graph(b, q, hq, d, "q_norm")
         k = _head_norm_graph(b, k, hkv, d, "k_norm")
-    if a.rope is not None and (positions is not None or not uses_fused_rope(b, a)):
-        rotary_dim, base, interleaved = a.rope
-        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, positions)
-        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, positions)
+    if a.rope is not None and decode is not None:  # the new tokens at their positions
+        q = decode_rope(b, decode, q, hq, d, a.rope)
+        k = decode_rope(b, decode, k, hkv, d, a.rope)
+    elif a.rope is not None and (offsets is not None or not uses_fused_rope(b, a)):
+        rotary_dim, base, interleaved, scaling = rope_parts(a.rope)
+        q_at, k_at = offsets or (None, None)
+        q = rope_graph(b, q, hq, d, rotary_dim, base, interleaved, None, scaling, q_at)
+        k = rope_graph(b, k, hkv, d, rotary_dim, base, interleaved, None, scaling, k_at)
     return q, k, v, a
 
 
 def _dense_graph(b: Any, node: Any, t: str, name: str) -> str:
     """One of the layer's dense sub-layers (query, key, value, output) applied to t."""
     y = b.op1("MatMul", [t, b.param(f"{name}.kernel")], tag=f"{name}/MatMul")
-    if node.attrs["use_bias"]:
+    use_bias = node.attrs["use_bias"]
+    if name == "output":  # Qwen2: biased q/k/v, unbiased output ("output_bias" only if it differs)
+        use_bias = node.attrs.get("output_bias", use_bias)
+    if use_bias:
         y = b.op1("Add", [y, b.param(f"{name}.bias")], tag=f"{name}/Add")
     return y
 
@@ -247,6 +306,9 @@ def _mha_decode_check(node: Any) -> str | None:
                 "window (the last K positions)")
     if attrs["return_weights"]:
         return "return_weights is for inspection; export without it to decode with a cache"
+    if value_dim(attrs) != attrs["head_dim"]:
+        return (f"value_dim={value_dim(attrs)} differs from head_dim={attrs['head_dim']}; the "
+                "cache layout holds one head size for keys and values")
     return None
 
 
@@ -271,16 +333,81 @@ def _mha_decode_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x
 
 
 def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
-    q, k, v, a = _project_graph(b, node, ins[0], ins[0], (ctx.positions, ctx.padding))
+    q, k, v, a = _project_graph(b, node, ins[0], ins[0], ctx)
     a = replace(a, same_len=False, has_kpm=True, kpm_bool=False)
     past_k, past_v = ctx.past[ctx.index[node]]
-    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding)
-    window = node.attrs["window"]
+    out, present_k, present_v = cached_attention(b, a, q, k, v, past_k, past_v, ctx.padding,
+                                                 ctx.shared)
+    window = None if ctx.shared is not None else node.attrs["window"]  # shared: op's window
     ctx.present[ctx.index[node]] = (trim_to_window(b, present_k, window),
                                     trim_to_window(b, present_v, window))
     return [_dense_graph(b, node, out, "output")]
 
 
+# -- multi-head attention in step models and for the last query (see `_stream_plan.py`) -------
+
+
+def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x: np.ndarray,
+                    *_: Any) -> tuple[np.ndarray]:
+    last, keep = ctx.last_only(node), lookback(attrs, ctx.last_only(node))
+    positions = np.broadcast_to(ctx.positions, x.shape[:2])  # (B, S)
+    q, k, v = _heads_ref(attrs, p, x, x, positions)  # (B, H, S, D), rotated where they sit
+    key, value = ctx.key(node, "key"), ctx.key(node, "value")
+    k = np.concatenate([ctx.state[key], k], axis=2)  # (B, Hkv, P+S, D)
+    v = np.concatenate([ctx.state[value], v], axis=2)
+    out, _w = attention_reference(q[:, :, -1:] if last else q, k, v, causal=True, window=keep,
+                                  scale=attrs["scale"], softcap=attrs["softcap"])
+    if keep is not None:
+        k, v = k[:, :, -keep:], v[:, :, -keep:]
+    ctx.new_state[key], ctx.new_state[value] = k.astype(np.float32), v.astype(np.float32)
+    return (_dense(p, merge_heads(out), "output"),)  # (B, S or 1, out_dim)
+
+
+def _mha_stream_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
+    x, last = ins[0], ctx.last_only(node)
+    keep = lookback(node.attrs, last)
+    rope = node.attrs["rope"] is not None
+    rotate = stream_positions(b, ctx, x) if rope and not last else None
+    offsets = None
+    if rope and rotate is None:  # q and k rotated where they sit in the stream
+        q_at = b.op1("Sub", [b.op1("Add", [ctx.frames, b.dim(x, 1)]), b.ints([1])]) if last \
+            else ctx.frames
+        offsets = (q_at, ctx.frames)
+    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x, rotate, offsets)
+    past = ctx.state[ctx.key(node, "key")], ctx.state[ctx.key(node, "value")]
+    if last:
+        out, present_k, present_v = stream_last_query(b, a, q, k, v, *past, keep)
+    else:
+        out, present_k, present_v = stream_attention(b, a, q, k, v, *past, keep, ctx.shared)
+    ctx.new_state[ctx.key(node, "key")] = present_k
+    ctx.new_state[ctx.key(node, "value")] = present_v
+    return [_dense_graph(b, node, out, "output")]
+
+
+def _mha_last_query(b: Any, node: Any, ins: list[str]) -> list[str]:
+    """The output at the last position only: one query against the last `lookback` keys."""
+    x, keep = ins[0], lookback(node.attrs, True)
+    keys = keep_last(b, x, keep, 1)  # (B, min(S, keep), E)
+    offsets = None
+    if node.attrs["rope"] is not None:  # q at S - 1, the keys at S - len .. S - 1
+        seq = b.dim(x, 1)
+        start = b.ints([0]) if keep is None else \
+            b.op1("Max", [b.op1("Sub", [seq, b.ints([keep])]), b.ints([0])])
+        offsets = (b.op1("Sub", [seq, b.ints([1])]), start)
+    q, k, v, a = _project_graph(b, node, slice_last(b, x), keys, offsets=offsets)
+    out = last_query_attention(b, a, q, k, v, "3d")
+    return [_dense_graph(b, node, out, "output")]
+
+
+def _mha_check(attrs: Any, x: np.ndarray, ctx: np.ndarray | None, kpm: np.ndarray | None,
+               mask: np.ndarray | None) -> str | None:
+    src = x if ctx is None else ctx
+    return masks_problem(x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], _shape(kpm),
+                         _shape(mask))
+
+
 register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
-         ort=_mha_lower, onnx=_mha_lower,
-         decode=DecodeForms(_mha_decode_ref, _mha_decode_lower, _mha_decode_check, _mha_cache))
+         ort=_mha_lower, onnx=_mha_lower, check=_mha_check,
+         decode=DecodeForms(_mha_decode_ref, _mha_decode_lower, _mha_decode_check, _mha_cache),
+         stream=StreamForms(stream_check, stream_state, _mha_stream_ref,
+                            _mha_stream_lower, _mha_last_query))

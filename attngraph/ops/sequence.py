@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._registry import DecodeForms, register
+from .._registry import DecodeForms, StreamForms, register
 from .._types import INT_DTYPES, TensorType
 from ._shapes import Fail, need_float, need_rank
 
@@ -51,12 +51,14 @@ def _pos_infer(types: list[Any], attrs: Any, fail: Fail) -> list[Any]:
     return [x]
 
 
-def sinusoidal_table(seq: int, dim: int) -> np.ndarray:
-    """PE[pos, 2i] = sin(pos / 10000^(2i/dim)), PE[pos, 2i+1] = cos(pos / 10000^(2i/dim))."""
-    pos = np.arange(seq, dtype=np.float64)[:, None]  # (S, 1)
+def sinusoidal_table(seq: int | np.ndarray, dim: int) -> np.ndarray:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/dim)), PE[pos, 2i+1] = cos(pos / 10000^(2i/dim)), for
+    pos = 0 .. seq-1 (or the positions in an array)."""
+    pos = (np.arange(seq) if isinstance(seq, int) else np.asarray(seq)).astype(np.float64)
+    pos = pos[:, None]  # (S, 1)
     inv_freq = 1.0 / 10000.0 ** (np.arange(0, dim, 2, dtype=np.float64) / dim)  # (ceil(dim/2),)
     angles = pos * inv_freq[None, :]  # (S, ceil(dim/2))
-    table = np.empty((seq, dim), np.float64)
+    table = np.empty((pos.shape[0], dim), np.float64)
     table[:, 0::2] = np.sin(angles)
     table[:, 1::2] = np.cos(angles[:, : dim // 2])
     return table.astype(np.float32)
@@ -84,12 +86,15 @@ def _pos_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     return [b.op1("Add", [x, table])]
 
 
-def _sinusoidal_graph(b: Any, count: str, dim: int) -> str:
-    """The (count, dim) sinusoidal table of `sinusoidal_table`, count a (1,) int64 tensor."""
+def _sinusoidal_graph(b: Any, count: str, dim: int, offset: str | None = None) -> str:
+    """The (count, dim) sinusoidal table of `sinusoidal_table`, count a (1,) int64 tensor
+    (positions offset .. offset+count-1 with `offset`, a (1,) int64 tensor)."""
     half = (dim + 1) // 2
     pos = b.op1("Range", [b.const(np.array(0.0, np.float32), "float32"),
                           b.cast(b.op1("Squeeze", [count]), "float32"),
                           b.const(np.array(1.0, np.float32), "float32")])  # (S,)
+    if offset is not None:
+        pos = b.op1("Add", [pos, b.cast(offset, "float32")])
     inv_freq = (1.0 / 10000.0 ** (np.arange(0, dim, 2, dtype=np.float64) / dim)).astype(np.float32)
     angles = b.op1("Mul", [b.unsqueeze(pos, [1]), b.const(inv_freq[None, :], "float32")])
     sin = b.unsqueeze(b.op1("Sin", [angles]), [2])  # (S, half, 1)
@@ -123,8 +128,30 @@ def _pos_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
     return [b.op1("Add", [ins[0], b.op1("Gather", [table, ctx.positions], axis=0)])]
 
 
+def _pos_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any,
+                    x: np.ndarray) -> np.ndarray:
+    pos = ctx.positions  # (S,): frames seen .. + S - 1
+    if attrs["kind"] == "sinusoidal":
+        return x + sinusoidal_table(pos, attrs["dim"])[None]
+    return x + p["embeddings"][pos][None]  # Step checks max_len before it runs
+
+
+def _pos_stream_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
+    x = ins[0]
+    if node.attrs["kind"] == "sinusoidal":
+        table = _sinusoidal_graph(b, b.dim(x, 1), node.attrs["dim"], ctx.frames)
+    else:
+        start = b.op1("Squeeze", [ctx.frames])
+        stop = b.op1("Add", [start, b.op1("Squeeze", [b.dim(x, 1)])])
+        pos = b.op1("Range", [start, stop, b.const(np.array(1), "int64")])  # (S,)
+        table = b.op1("Gather", [b.param("embeddings"), pos], axis=0)
+    return [b.op1("Add", [x, table])]
+
+
 register("positional_encoding", infer=_pos_infer, reference=_pos_ref, decomposed=_pos_lower,
-         decode=DecodeForms(_pos_decode_ref, _pos_decode_lower))
+         decode=DecodeForms(_pos_decode_ref, _pos_decode_lower),
+         stream=StreamForms(lambda node, last: None, reference=_pos_stream_ref,
+                            lower=_pos_stream_lower))
 
 # -- pooling ---------------------------------------------------------------------------------
 
@@ -140,9 +167,17 @@ def _timestep_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     return [b.op1("Gather", [ins[0], index], axis=1)]
 
 
+def _timestep_stream_check(node: Any, last_only: bool) -> str | None:
+    index = node.attrs.get("index", -1)
+    if index == -1:
+        return None  # the chunk's last frame: the last frame of the prefix so far
+    return (f"timestep(index={index}) reads a fixed frame of the whole sequence, not the "
+            "latest one; a step model answers from each chunk's last frame (last_timestep)")
+
+
 for _op in ("last_timestep", "timestep"):
     register(_op, infer=_last_infer, reference=lambda a, p, x: x[:, a.get("index", -1), :],
-             decomposed=_timestep_lower)
+             decomposed=_timestep_lower, stream=StreamForms(_timestep_stream_check))
 
 # -- tied output projection ------------------------------------------------------------------
 
@@ -191,5 +226,10 @@ def _mean_pool_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     return [b.op1("Div", [total, count])]
 
 
+def _mean_pool_stream_check(node: Any, last_only: bool) -> str:
+    return ("mean_pool averages over time: its value depends on every frame of the sequence "
+            "at once, so it has no streaming form; read the latest frame with last_timestep")
+
+
 register("mean_pool", infer=_mean_pool_infer, reference=_mean_pool_ref,
-         decomposed=_mean_pool_lower)
+         decomposed=_mean_pool_lower, stream=StreamForms(_mean_pool_stream_check))

@@ -13,7 +13,12 @@ One small `.npz` per reference module, in this directory:
     torch_decoder_post_gelu.npz   torch.nn.TransformerDecoderLayer (norm_first=False, gelu)
     torch_decoder_pre_relu.npz    torch.nn.TransformerDecoderLayer (norm_first=True, relu)
 
-Each file holds
+and one Hugging Face checkpoint folder per family for `from_pretrained`, in hf/ (written by
+hf_checkpoints.py: gpt2, bert, t5, llama (sharded), mistral (bf16), qwen2, gemma2, phi3, each
+`save_pretrained` output plus a golden.npz with transformers' outputs and greedy tokens; under
+2 MB all together). `--checkpoints-only` writes just those.
+
+Each .npz file above holds
 
     w/<name>      f32   the module's `state_dict()`, exactly as torch gives it (tied weights
                         appear under every name that shares them, as in `state_dict()`)
@@ -40,7 +45,7 @@ Run it in a separate environment (never the project's .venv):
 
     python3 -m venv /tmp/hfvenv
     /tmp/hfvenv/bin/pip install torch transformers numpy   # or 'attngraph[torch]' transformers
-    /tmp/hfvenv/bin/python tests/goldens/make_hf_goldens.py [OUT_DIR]
+    /tmp/hfvenv/bin/python tests/goldens/make_hf_goldens.py [OUT_DIR] [--checkpoints-only]
 
 The files are byte-for-byte reproducible for given torch / transformers versions (fixed zip
 timestamps, sorted members). The committed files were written with torch 2.13.0 (CPU) and
@@ -55,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hf_checkpoints import write_all  # the from_pretrained folders (tests/goldens/hf/)
 from make_goldens import write_npz  # the same byte-stable .npz writer
 
 MAX_BYTES = 200_000
@@ -258,6 +264,8 @@ def _layer_golden(torch: Any, name: str) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    flags = [a for a in argv if a.startswith("--")]
+    argv = [a for a in argv if not a.startswith("--")]
     try:
         import torch
         import transformers
@@ -276,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                                for k in HF_CONFIGS}
     goldens["torch_mha"] = lambda: _mha_golden(torch)
     goldens.update({k: (lambda k=k: _layer_golden(torch, k)) for k in TORCH_LAYERS})
+    if "--checkpoints-only" in flags:
+        goldens = {}
     for name, make in goldens.items():
         arrays = make()
         arrays["versions"] = versions
@@ -285,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path} ({size:,} bytes, {int(arrays['param_count']):,} parameters)")
         if size > MAX_BYTES:
             raise RuntimeError(f"{path} is {size:,} bytes > {MAX_BYTES:,}: shrink its config")
+    write_all(torch, transformers, out_dir / "hf", _randomize, versions, write_npz)
     return 0
 
 
