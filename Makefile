@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/decode.py
 	$(PY) bench/quantize.py --modes fp32,int4
 	$(PY) bench/streaming.py
+	$(PY) bench/export.py
 
 export: $(STAMP)
 	rm -f exported/*.onnx exported/MANIFEST.json

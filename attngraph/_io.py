@@ -166,11 +166,21 @@ def release_pages(arr: np.ndarray) -> None:
     cache, and reading them again faults them back in. Copy-on-write maps (mode "c") are left
     alone: dropping their pages would drop the caller's private changes.
     """
+    _advise(arr, "MADV_DONTNEED")
+
+
+def prefetch_pages(arr: np.ndarray) -> None:
+    """Ask the kernel to start reading a file-backed `arr` from disk now (MADV_WILLNEED), so
+    that a checkpoint that is not in the page cache is read ahead while it is converted."""
+    _advise(arr, "MADV_WILLNEED")
+
+
+def _advise(arr: np.ndarray, name: str) -> None:
     found = file_mapping(arr)
     if found is None or found[1] not in ("r", "r+", "w+") or arr.size == 0:
         return
     mm, _ = found
-    advice = getattr(mmap, "MADV_DONTNEED", None)
+    advice = getattr(mmap, name, None)
     if advice is None or not hasattr(mm, "madvise"):
         return
     lo = hi = arr.__array_interface__["data"][0]

@@ -47,6 +47,12 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+# onnxruntime (1.32 at least) crashes the process on a float16 model where an LSTM feeds a
+# MatMul when this layout transformer runs on the CPU; it only reorders NCHW convolutions,
+# which attngraph never emits, so turning it off costs nothing.
+_DISABLED_OPTIMIZERS = ["NchwcTransformer"]
+
+
 class Session:
     """An onnxruntime session with attngraph's feed checks.
 
@@ -74,7 +80,8 @@ class Session:
         self.providers = (_checked_providers(providers) if providers is not None
                           else default_providers())
         try:
-            self._session = ort.InferenceSession(data, options, providers=self.providers)
+            self._session = ort.InferenceSession(data, options, providers=self.providers,
+                                                 disabled_optimizers=_DISABLED_OPTIMIZERS)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises plain RuntimeErrors
             what = data if isinstance(data, str) else "the model"
             raise RuntimeFailure(f"Session: onnxruntime cannot load {what} (is it an ONNX "

@@ -10,7 +10,8 @@ Models (the seed's sizes, batch 1, onnxruntime CPU, every target):
 
     stream     one frame per Stream.step (chunk 1), after 60 warm-up frames
     rerun      Session.run on the last 60 frames [1, 60, 1024] (one frame in four is re-run;
-               blocks of both alternate in one process, so both see the same load)
+               blocks of each alternate in one process, so all see the same load); also the
+               ordinary export as it was before last-query evaluation ("every query")
     S=4096     hybrid's ordinary export on [1, 4096, 1024]: every query vs the last query
 
     flock /tmp/attngraph-bench.lock .venv/bin/python bench/streaming.py          # everything
@@ -89,23 +90,31 @@ def cell(spec: dict[str, Any]) -> dict[str, Any]:
     stream = ag.Stream(ag.Session(proto, ["CPUExecutionProvider"], threads=threads))
     rerun = ag.Session(ag.export(model, params, target=spec["target"]),
                        ["CPUExecutionProvider"], threads=threads)
+    from attngraph._stream_plan import every_query
+
+    with every_query():  # the ordinary export as it was before last-query evaluation
+        every = ag.Session(ag.export(model, params, target=spec["target"]),
+                           ["CPUExecutionProvider"], threads=threads)
     stream.step({"input": frames[:, :WINDOW]})  # fill the window
     rerun.run({"input": frames[:, :WINDOW]})
-    # Blocks of both, interleaved, so that both see the same load on a shared machine.
-    streamed, rerun_times, t = [], [], WINDOW
-    block = max(1, spec["frames"] // spec["rounds"])
+    every.run({"input": frames[:, :WINDOW]})
+    # Blocks of each, interleaved, so that all see the same load on a shared machine.
+    streamed: list[float] = []
+    reruns: dict[str, list[float]] = {"rerun": [], "rerun_every_query": []}
+    t, block = WINDOW, max(1, spec["frames"] // spec["rounds"])
     while t < total:
         for u in range(t, min(t + block, total)):
             start = time.perf_counter()
             stream.step({"input": frames[:, u:u + 1]})
             streamed.append(time.perf_counter() - start)
-        for u in range(t, min(t + block // spec["rerun_every"] + 1, total)):
-            start = time.perf_counter()
-            rerun.run({"input": frames[:, u + 1 - WINDOW:u + 1]})
-            rerun_times.append(time.perf_counter() - start)
+        for session, times in zip((rerun, every), reruns.values()):
+            for u in range(t, min(t + block // spec["rerun_every"] + 1, total)):
+                start = time.perf_counter()
+                session.run({"input": frames[:, u + 1 - WINDOW:u + 1]})
+                times.append(time.perf_counter() - start)
         t += block
     return {"stream": {**stats(streamed), "state_bytes": stream.state_bytes},
-            "rerun": stats(rerun_times)}
+            **{k: stats(v) for k, v in reruns.items()}}
 
 
 def run_cell(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -142,10 +151,12 @@ def main() -> int:
             row: dict[str, Any] = {"model": name, "target": target}
             got = run_cell({**base, "kind": "window", "frames": frames, "rounds": 10,
                             "rerun_every": rerun_every}, args.timeout)
-            row["stream"], row["rerun"] = (got, got) if "error" in got else \
-                (got["stream"], got["rerun"])
+            for key in ("stream", "rerun", "rerun_every_query"):
+                row[key] = got if "error" in got else got[key]
             if "error" not in got:
                 row["speedup"] = row["rerun"]["p50_ms"] / row["stream"]["p50_ms"]
+                row["speedup_every_query"] = (row["rerun_every_query"]["p50_ms"]
+                                              / row["stream"]["p50_ms"])
                 row["tail"] = row["stream"]["p99_ms"] / row["stream"]["p50_ms"]
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -190,8 +201,9 @@ def write(name: str, rows: list[dict[str, Any]], long_rows: list[dict[str, Any]]
          "compare ratios."),
         "",
         ("| model | target | stream p50 ms | stream p99 ms | stream frames/s | rerun p50 ms "
-         "| rerun p99 ms | rerun frames/s | rerun p50 / stream p50 | stream p99 / p50 |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+         "| rerun p99 ms | rerun frames/s | rerun p50 / stream p50 | stream p99 / p50 "
+         "| rerun every query p50 ms | its p50 / stream p50 |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, b = r["stream"], r["rerun"]
@@ -200,7 +212,9 @@ def write(name: str, rows: list[dict[str, Any]], long_rows: list[dict[str, Any]]
         lines.append(
             f"| {r['model']} | {r['target']} | {_ms(s, 'p50_ms')} | {_ms(s, 'p99_ms')} | "
             f"{fps[0]} | {_ms(b, 'p50_ms')} | {_ms(b, 'p99_ms')} | {fps[1]} | "
-            + (f"{r['speedup']:.1f}x | {r['tail']:.2f} |" if "speedup" in r else "- | - |"))
+            + (f"{r['speedup']:.1f}x | {r['tail']:.2f} | "
+               f"{r['rerun_every_query']['p50_ms']:.3f} | {r['speedup_every_query']:.1f}x |"
+               if "speedup" in r else "- | - | - | - |"))
     lines += ["", "## hybrid at S = 4096: every query vs the last query (ordinary export)", "",
               "| target | every query ms | last query ms | ratio |", "|---|---|---|---|"]
     for r in long_rows:

@@ -205,13 +205,28 @@ def test_heat_map_uses_one_colour_scale(tmp_path) -> None:
     assert has_top(rows[0]) and not has_top(rows[1])
 
 
+def test_heat_map_layers_with_different_head_counts(tmp_path) -> None:
+    """Rows of 3 and 2 heads: the grid has 3 columns, the second row leaves its last cell empty."""
+    wide = head_statistics(np.concatenate([_synthetic(k, n=5) for k in
+                                           ("self", "first", "broad")], axis=1))
+    narrow = head_statistics(np.concatenate([_synthetic(k, n=5) for k in
+                                             ("previous", "local")], axis=1))
+    report = AttentionReport({"wide": wide, "narrow": narrow})
+    _, colourful, _ = _read(ag.plot_attention(report, tmp_path / "mixed.png"))
+    *panels, _bar = _runs(colourful.any(axis=0))
+    assert len(panels) == 3
+    first_rows = _runs(colourful[:, panels[0][0]:panels[0][1]].any(axis=1))
+    last_rows = _runs(colourful[:, panels[2][0]:panels[2][1]].any(axis=1))
+    assert len(first_rows) == 2 and len(last_rows) == 1
+
+
 def test_heat_map_errors(tmp_path) -> None:
     report = AttentionReport({"a": head_statistics(_synthetic("self", n=4))})
     with pytest.raises(ag.ConfigError, match="tokens has 3 labels for 4 positions"):
         ag.plot_attention(report, tmp_path / "x.png", tokens=["a", "b", "c"])
     with pytest.raises(ag.ConfigError, match="no layer"):
         ag.plot_attention(report, tmp_path / "x.png", layer="b")
-    with pytest.raises(ag.ConfigError, match="head 3 is not a head"):
+    with pytest.raises(ag.ConfigError, match="head 3 is not a head of these layers"):
         ag.plot_attention(report, tmp_path / "x.png", heads=[3])
     assert not list(tmp_path.iterdir())
 

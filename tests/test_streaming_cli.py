@@ -70,3 +70,30 @@ def test_realtime_example_step_models_match_exported_bytes(name: str, tmp_path: 
         with open(os.path.join(root, "exported", filename), "rb") as f:
             assert data == f.read(), f"{filename} differs from exported/ (run `make export`)"
         assert manifest[filename]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def step_golden_model() -> ag.Model:
+    """An LSTM, a windowed causal RoPE layer (every query) and a bidirectional layer read at
+    the last frame only: each stream form once."""
+    x = ag.input("x", ("batch", "seq", 8))
+    h = ag.lstm(x, 16, name="lstm")
+    h = ag.add(h, ag.multi_head_attention(h, num_heads=2, window=4, rope=True, name="local"))
+    h = ag.add(h, ag.multi_head_attention(h, num_heads=2, name="summary"))
+    return ag.Model(x, ag.last_timestep(h, name="last"))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_golden_step_model_dumps(target: str) -> None:
+    """Step-model lowerings are reviewed as text; regenerate with AG_UPDATE_GOLDEN=1."""
+    import os
+
+    from test_api import GOLDEN, dump
+
+    model = step_golden_model()
+    text = dump(ag.export(model, model.init(), target=target, streaming=True))
+    path = os.path.join(GOLDEN, f"stream_step.{target}.txt")
+    if os.environ.get("AG_UPDATE_GOLDEN"):
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        assert text == f.read(), f"lowering changed; review and regenerate {path}"

@@ -30,7 +30,8 @@ import hashlib
 import os
 import re
 import sys
-from typing import Any, BinaryIO
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO, Self
 
 import onnx
 from onnx import TensorProto
@@ -54,7 +55,7 @@ def save(proto: onnx.ModelProto, weights: list[Weight], path: str, *, external: 
     big = [w for w in weights if w.nbytes >= EXTERNAL_MIN]
     bar = _progress_bar(sum(w.nbytes for w in big), progress)
     try:
-        if external:
+        if external and big:
             offsets = _layout(big)
             with TempFile(path, what="export", data=True) as tmp:
                 digest = _write_data(tmp.file, big, offsets, bar)
@@ -76,12 +77,15 @@ def save(proto: onnx.ModelProto, weights: list[Weight], path: str, *, external: 
     return proto
 
 
-def data_files(proto: onnx.ModelProto) -> list[str]:
-    """The external data files a model refers to (relative to its directory), in order."""
+def data_files(proto: onnx.ModelProto, path: str) -> list[str]:
+    """The paths of the external data files that the model at `path` (as `export` returned
+    it) refers to, the `.onnx` itself left out."""
+    directory, base = os.path.split(os.path.abspath(path))
     seen: dict[str, None] = {}
     for t in proto.graph.initializer:
         if t.data_location == TensorProto.EXTERNAL:
-            seen.update({e.value: None for e in t.external_data if e.key == "location"})
+            seen.update({os.path.join(directory, e.value): None for e in t.external_data
+                         if e.key == "location" and e.value != base})
     return list(seen)
 
 
@@ -113,21 +117,51 @@ def _layout(big: list[Weight]) -> list[int]:
     return offsets
 
 
+class _Sink:
+    """Writes pieces to a file, and hashes them, on two worker threads, one piece behind the
+    caller, which meanwhile converts the next piece (file writes, hashing and numpy copies all
+    release the GIL). Leaving the block waits for the threads, whatever the exception."""
+
+    def __init__(self, f: BinaryIO, digest: Any = None) -> None:
+        self._f, self._digest = f, digest
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="attngraph-export")
+        self._pending: list[Future[Any]] = []
+        self.pos = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        try:
+            if kind is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def write(self, piece: bytes | memoryview) -> None:
+        self.wait()
+        self._pending = [self._pool.submit(self._f.write, piece)]
+        if self._digest is not None:
+            self._pending.append(self._pool.submit(self._digest.update, piece))
+        self.pos += len(piece)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+
 def _write_data(f: BinaryIO, big: list[Weight], offsets: list[int], bar: Any) -> str:
     """Write the weights at their offsets; return the sha256 of the file's bytes."""
     digest = hashlib.sha256()
-    scratch, pos = Scratch(), 0
-    for w, offset in zip(big, offsets):
-        if offset > pos:
-            pad = bytes(offset - pos)
-            f.write(pad)
-            digest.update(pad)
-            pos = offset
-        for piece in w.pieces(scratch):
-            f.write(piece)
-            digest.update(piece)
-            pos += len(piece)
-            bar.update(len(piece))
+    scratch = Scratch()
+    with _Sink(f, digest) as sink:
+        for w, offset in zip(big, offsets):
+            if offset > sink.pos:
+                sink.write(bytes(offset - sink.pos))
+            for piece in w.pieces(scratch):
+                sink.write(piece)
+                bar.update(len(piece))
     return digest.hexdigest()
 
 
@@ -213,20 +247,17 @@ def _write_one_file(f: BinaryIO, proto: onnx.ModelProto, weights: list[Weight],
     sizes = [len(h) + w.nbytes for h, w in zip(headers, weights)]
     graph_size = (len(graph_head) + len(graph_tail)
                   + sum(len(_key(_INITIALIZER, n)) + n for n in sizes))
-    f.write(model_head + _key(_GRAPH, graph_size) + graph_head)
-    pos = len(model_head) + len(_key(_GRAPH, graph_size)) + len(graph_head)
     scratch, offsets = Scratch(), {}
-    for w, header, size in zip(weights, headers, sizes):
-        prefix = _key(_INITIALIZER, size) + header
-        f.write(prefix)
-        pos += len(prefix)
-        offsets[id(w)] = pos
-        for piece in w.pieces(scratch):
-            f.write(piece)
-            pos += len(piece)
-            if w.nbytes >= EXTERNAL_MIN:
-                bar.update(len(piece))
-    f.write(graph_tail + model_tail)
+    with _Sink(f) as sink:
+        sink.write(model_head + _key(_GRAPH, graph_size) + graph_head)
+        for w, header, size in zip(weights, headers, sizes):
+            sink.write(_key(_INITIALIZER, size) + header)
+            offsets[id(w)] = sink.pos
+            for piece in w.pieces(scratch):
+                sink.write(piece)
+                if w.nbytes >= EXTERNAL_MIN:
+                    bar.update(len(piece))
+        sink.write(graph_tail + model_tail)
     return offsets
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .._export import export
+from .._export import data_files, export
 from .._registry import TARGETS
 from . import _deploy
 from ._common import CLIError, human_size, model_options
@@ -78,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     fused = sum(n.op_type in FUSED_ATTENTION_OPS for n in proto.graph.node)
     size = os.path.getsize(args.output)
-    if os.path.exists(args.output + ".data"):
-        size += os.path.getsize(args.output + ".data")
+    size += sum(os.path.getsize(f) for f in data_files(proto, args.output))
     print(f"wrote {args.output}: target {args.target}, opset {opset}, "
           f"{len(proto.graph.node)} nodes, {fused} fused attention, {human_size(size)}"
           + (" (step model)" if args.streaming else "")

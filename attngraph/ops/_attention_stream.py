@@ -17,6 +17,7 @@ A last-query layer reads one query (the last frame) against every kept key: no m
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,25 @@ def stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
     kv, d = node.attrs["num_kv_heads"], node.attrs["head_dim"]
     dv = int(node.attrs.get("value_dim", d))
     return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, dv)}
+
+
+def stream_positions(b: Any, ctx: Any, x: str) -> Any:
+    """For the standard RotaryEmbedding op (opset 23, not "decomposed"): the chunk's
+    positions (B, S) and a table cache, made once per step model, in the form the decoder's
+    rotation reads (`decode_rope`: cos / sin at just these positions, shared by every layer's
+    q and k); None where the rotation tabulates from an offset instead."""
+    if b.target == "decomposed" or b.opset < 23:
+        return None
+    if "rope" not in ctx.shared:
+        layer, b.layer = b.layer, "stream"
+        start = b.op1("Squeeze", [ctx.frames])
+        stop = b.op1("Add", [start, b.op1("Squeeze", [b.dim(x, 1)])])
+        pos = b.op1("Range", [start, stop, b.const(np.array(1), "int64")])  # (S,)
+        pos = b.op1("Expand", [b.unsqueeze(pos, [0]), b.concat([b.dim(x, 0), b.dim(x, 1)], 0)],
+                    tag="positions")  # (B, S)
+        ctx.shared["rope"] = SimpleNamespace(positions=pos, padding=None, rope_tables={})
+        b.layer = layer
+    return ctx.shared["rope"]
 
 
 def slice_last(b: Any, x: str) -> str:

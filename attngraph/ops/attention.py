@@ -27,6 +27,7 @@ from ._attention_stream import (
     stream_attention,
     stream_check,
     stream_last_query,
+    stream_positions,
     stream_state,
 )
 from ._rope import rope_graph, rope_parts, rope_reference
@@ -360,12 +361,14 @@ def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x
 def _mha_stream_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
     x, last = ins[0], ctx.last_only(node)
     keep = lookback(node.attrs, last)
+    rope = node.attrs["rope"] is not None
+    rotate = stream_positions(b, ctx, x) if rope and not last else None
     offsets = None
-    if node.attrs["rope"] is not None:  # q and k where they sit in the stream
+    if rope and rotate is None:  # q and k rotated where they sit in the stream
         q_at = b.op1("Sub", [b.op1("Add", [ctx.frames, b.dim(x, 1)]), b.ints([1])]) if last \
             else ctx.frames
         offsets = (q_at, ctx.frames)
-    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x, offsets=offsets)
+    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x, rotate, offsets)
     past = ctx.state[ctx.key(node, "key")], ctx.state[ctx.key(node, "value")]
     if last:
         out, present_k, present_v = stream_last_query(b, a, q, k, v, *past, keep)
