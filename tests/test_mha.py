@@ -88,8 +88,8 @@ def test_return_weights(target: str) -> None:
 ROUTES = [  # (options, embed, heads, the fused op the "ort" target should pick)
     ({"causal": True}, 48, 6, "GroupQueryAttention"),
     ({"window": 3}, 48, 6, "GroupQueryAttention"),
-    ({"num_kv_heads": 2}, 48, 6, "GroupQueryAttention"),
-    ({"softcap": 2.0, "window": (2, 1)}, 48, 6, "GroupQueryAttention"),
+    ({"num_kv_heads": 2}, 48, 6, "Attention"),  # GroupQueryAttention is causal only
+    ({"softcap": 2.0, "window": (2, 1)}, 48, 6, "Attention"),
     ({}, 48, 6, "MultiHeadAttention"),
     ({"window": (1, 2)}, 48, 6, "MultiHeadAttention"),
     ({"causal": True}, 30, 6, "MultiHeadAttention"),  # head_size 5: no GQA

@@ -23,7 +23,7 @@ from .._decode import (
     present_names,
     share_buffer_choice,
 )
-from .._errors import ExportError
+from .._errors import ExportError, caller_location
 from .._params import check_params
 from .._registry import OPS, TARGETS
 from .._stream_plan import Plan, Step, analyze, stream_plan
@@ -124,6 +124,12 @@ def export(
     """
     from .. import __version__
 
+    if not isinstance(params, Mapping):
+        hint = ""
+        if isinstance(params, (str, os.PathLike)) and isinstance(path, Mapping):
+            hint = f"; params and path are swapped: call export(model, params, {params!r})"
+        raise ExportError(f"export: params must be a mapping of name -> array, given "
+                          f"{type(params).__name__}{hint} (at {caller_location()})")
     if target not in TARGETS:
         raise ExportError(f"export: unknown target {target!r}; expected one of {list(TARGETS)}")
     if dtype not in FLOAT_DTYPES:
