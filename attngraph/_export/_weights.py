@@ -1,7 +1,7 @@
 """Initialisers whose bytes are produced only when they are written.
 
 A lowering names a parameter (`Builder.param`); nothing is read then. The writer reads each
-parameter once, converts it to the stored dtype a slice at a time into one reused buffer, and
+parameter once, converts it to the stored dtype a slice at a time into two reused buffers, and
 writes the slices: a float16 export of a float32 checkpoint never holds a float32 and a float16
 copy of a weight, let alone of every weight. Views of memory-mapped files (safetensors
 checkpoints) are unmapped once written (`release_pages`), so the exporter does not grow to the
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper
 
+from .._errors import ParamError
 from .._io import prefetch_pages, release_pages
 
 CHUNK = 16 << 20  # bytes converted and written at a time
@@ -48,8 +49,9 @@ class Weight:
     def read(self) -> np.ndarray:
         arr = np.asarray(self.source() if callable(self.source) else self.source)
         if arr.shape != self.shape:  # a Mapping that returns another array the second time
-            raise ValueError(f"parameter {self.name!r} read as {list(arr.shape)}, "
-                             f"expected {list(self.shape)}")
+            raise ParamError(f"export: parameter {self.name!r} read as {list(arr.shape)} "
+                             f"when written, {list(self.shape)} when checked (params changed "
+                             "while exporting)")
         return arr
 
     def tensor(self) -> TensorProto:

@@ -8,7 +8,7 @@ import os
 from .._export import data_files, export
 from .._registry import TARGETS
 from . import _deploy
-from ._common import CLIError, human_size, model_options
+from ._common import CLIError, human_size, model_options, verbosity
 from ._hf import folder_name, is_hf
 from ._load import model_and_params, split_spec
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     proto = export(model, params, args.output, target=args.target, opset=args.opset,
                    dtype=args.dtype, kv_cache=args.kv_cache,
                    share_buffer=share if args.kv_cache else None, streaming=args.streaming,
-                   quantize=args.quantize)
+                   quantize=args.quantize, progress=None if verbosity() else False)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     fused = sum(n.op_type in FUSED_ATTENTION_OPS for n in proto.graph.node)
     size = os.path.getsize(args.output)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ._attention_blocked import threshold
 from ._attention_graph import (
     Attn,
     additive_bias,
@@ -70,7 +71,10 @@ def rope_is_fused(a: Attn) -> bool:
 
 
 def uses_fused_rope(b: Any, a: Attn) -> bool:
-    return b.target == "ort" and rope_is_fused(a) and _gqa_fits(a)
+    """Whether the layer's GroupQueryAttention node rotates q and k (never in the blocked form,
+    whose blocks do not start at position 0)."""
+    return (b.target == "ort" and rope_is_fused(a) and _gqa_fits(a)
+            and threshold(b, a) is None)
 
 
 def _in_3d(b: Any, a: Attn, q: str, k: str, v: str, layout: str, fn: Any) -> str:
