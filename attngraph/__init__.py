@@ -72,6 +72,7 @@ from .patterns import (
 from .position import alibi_bias, relative_position_bias
 from .recurrent import gru, lstm
 from .runtime import RuntimeFailure, Session
+from .triton import save_triton
 
 __all__ = [
     "AttentionCost",
@@ -130,6 +131,7 @@ __all__ = [
     "rms_norm",
     "save_genai",
     "save_params",
+    "save_triton",
     "scale",
     "scaled_dot_product_attention",
     "sigmoid",

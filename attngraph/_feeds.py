@@ -26,9 +26,11 @@ def check_feeds(
     missing = [k for k in inputs if k not in feeds]
     unknown = [k for k in feeds if k not in inputs]
     if missing:
-        problems.append(f"missing feed(s) {missing}; the model's inputs are {list(inputs)}")
+        problems.append(f"missing feed(s) {missing}")
     if unknown:
-        problems.append(f"unknown feed(s) {unknown}; the model's inputs are {list(inputs)}")
+        problems.append(f"unknown feed(s) {unknown}")
+    if missing or unknown:  # said once, after both lists
+        problems.append(f"the model's inputs are {list(inputs)}")
     out: dict[str, np.ndarray] = {}
     bound: dict[str, tuple[int, str]] = {}
     for name, ttype in inputs.items():

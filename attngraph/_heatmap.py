@@ -26,6 +26,7 @@ def plot_attention(report: AttentionReport, path: str | os.PathLike[str], *,
                    key_tokens: Sequence[str] | None = None) -> str:
     """Write a PNG of attention weights: one row per layer, one column per head, one colour
     scale (0 .. the largest weight shown) with a colour bar, queries down and keys across.
+    Layers with fewer heads than others leave their extra cells empty.
 
     Args:
         layer / layers: the layer(s) to draw (default: every attention layer).
@@ -53,16 +54,16 @@ def plot_attention(report: AttentionReport, path: str | os.PathLike[str], *,
     count = max(m.shape[1] for m in maps)
     cols = list(range(count)) if heads is None else list(heads)
     for h in cols:
-        if isinstance(h, bool) or not isinstance(h, int) or not all(0 <= h < m.shape[1]
-                                                                    for m in maps):
-            raise ConfigError(f"plot_attention: head {h!r} is not a head of every layer "
+        if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < count:
+            raise ConfigError(f"plot_attention: head {h!r} is not a head of these layers "
                               f"({[m.shape[1] for m in maps]} heads)")
     if not cols:
         raise ConfigError("plot_attention: heads is empty")
     q_labels = _labels(tokens, maps[0].shape[2], "tokens")
     k_labels = _labels(key_tokens if key_tokens is not None else tokens, maps[0].shape[3],
                        "key_tokens" if key_tokens is not None else "tokens")
-    vmax = max(float(m[batch][cols].max()) for m in maps) or 1.0
+    vmax = max(float(m[batch][[h for h in cols if h < m.shape[1]]].max(initial=0.0))
+               for m in maps) or 1.0
     cell = min(2.4, 16.0 / len(cols))  # inches per panel: 12 heads fit a page width
     fig, axes = plt.subplots(len(names), len(cols), squeeze=False, layout="constrained",
                              figsize=(cell * len(cols) + 1.2, cell * len(names) + 0.6))
@@ -70,10 +71,14 @@ def plot_attention(report: AttentionReport, path: str | os.PathLike[str], *,
     for r, (name, w) in enumerate(zip(names, maps)):
         for c, h in enumerate(cols):
             ax = axes[r][c]
+            if h >= w.shape[1]:  # a layer with fewer heads leaves its cell empty
+                ax.axis("off")
+                continue
             image = ax.imshow(w[batch, h], cmap="viridis", vmin=0.0, vmax=vmax,
                               interpolation="nearest", aspect="auto")
-            _ticks(ax, q_labels if c == 0 else None, k_labels if r == len(names) - 1 else None)
-            if r == 0:
+            rows_with_h = [i for i, m in enumerate(maps) if h < m.shape[1]]
+            _ticks(ax, q_labels if c == 0 else None, k_labels if r == rows_with_h[-1] else None)
+            if r == rows_with_h[0]:
                 ax.set_title(f"head {h}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)

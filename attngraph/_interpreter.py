@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._errors import FeedError, layer_message
 from ._feeds import check_feeds
 from ._params import check_params
 from ._registry import OPS
@@ -46,10 +47,20 @@ def run_nodes(model: Model, params: Mapping[str, np.ndarray], inputs: Mapping[st
         local = {p.name: params[model.param_key(node, p)] for p in node.params}
         args = [env[(v.node, v.index)] if v is not None else None for v in node.inputs]
         op = OPS[node.op]
-        if decode is not None and op.decode is not None:
-            outs = op.decode.reference(node.attrs, local, decode, node, *args)
-        else:
-            outs = op.reference(node.attrs, local, *args)
+        cached = decode is not None and op.decode is not None
+        problem = op.check(node.attrs, *args) if op.check is not None and not cached else None
+        try:
+            if problem is not None:
+                raise FeedError(problem)
+            if cached:
+                assert op.decode is not None
+                outs = op.decode.reference(node.attrs, local, decode, node, *args)
+            else:
+                outs = op.reference(node.attrs, local, *args)
+        except FeedError as exc:  # a value the feeds led to: say which layer met it, and where
+            message = str(exc).removeprefix(f"{node.op}: ")
+            raise FeedError(layer_message(node.op, model.name_of(node), message,
+                                          node.location)) from None
         if not isinstance(outs, tuple):
             outs = (outs,)
         for i, out in enumerate(outs):

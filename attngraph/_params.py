@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import ParamError
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, file_mapping
 
 if TYPE_CHECKING:
     from ._graph import Node, ParamSpec
@@ -42,10 +42,27 @@ def init_params(specs: Mapping[str, tuple[Node, ParamSpec]], seed: int) -> dict[
     return out
 
 
+_QUANTIZED = dict.fromkeys("iu", "; integer weights are usually quantized ones: dequantize "
+                           "them to float first (e.g. scale * (q - zero_point))")
+
+
+def _is_float(arr: np.ndarray) -> bool:
+    return arr.dtype.kind == "f" or arr.dtype.name == "bfloat16"
+
+
 def check_params(
-    specs: Mapping[str, tuple[Node, ParamSpec]], params: Mapping[str, Any]
+    specs: Mapping[str, tuple[Node, ParamSpec]], params: Mapping[str, Any], *, lazy: bool = False
 ) -> dict[str, np.ndarray]:
-    """Check every name and shape; report all mismatches in one ParamError."""
+    """Check every name, shape and dtype; report all mismatches in one ParamError.
+
+    Float parameters of any width (float16, float64, bfloat16) are converted to float32. Any
+    other dtype is refused: an int8/int32/uint8 kernel is most likely a quantized weight, and
+    casting it would silently give a different model.
+
+    lazy: (export) read each parameter once to check it, convert nothing, and return only the
+        arrays that cost no memory to hold: a plain dict's own values and views of
+        memory-mapped files. The caller reads the others again, one at a time, when needed.
+    """
     if not isinstance(params, Mapping):
         raise ParamError(f"params must be a dict name -> array, given {type(params).__name__}")
     problems = []
@@ -60,13 +77,18 @@ def check_params(
         except Exception:  # noqa: BLE001 - anything that numpy cannot read is a user mistake
             problems.append(f"{name!r}: not an array (given {type(params[name]).__name__})")
             continue
-        if arr.dtype.kind not in "fiu":
-            problems.append(f"{name!r}: expected a float array, given dtype {arr.dtype}")
+        if not _is_float(arr):
+            hint = _QUANTIZED.get(arr.dtype.kind, "")
+            problems.append(f"{name!r}: expected a float array (float16, float32, float64 or "
+                            f"bfloat16), given dtype {arr.dtype}{hint} ({node.op} defined at "
+                            f"{node.location})")
         elif tuple(arr.shape) != spec.shape:
             problems.append(f"{name!r}: expected shape {list(spec.shape)}, given "
                             f"{list(arr.shape)} ({node.op} defined at {node.location})")
-        else:
+        elif not lazy:
             out[name] = arr.astype(np.float32, copy=False)
+        elif type(params) is dict or file_mapping(arr) is not None:
+            out[name] = arr
     for name in params:
         if name not in specs:
             problems.append(f"unknown parameter {name!r}")
@@ -76,13 +98,31 @@ def check_params(
 
 
 def save_params(params: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> None:
-    """Write params to `.safetensors` or `.npz`, atomically."""
+    """Write params to `.safetensors` or `.npz`, atomically.
+
+    Raises ParamError for a name that is not a string, a value that is not a numeric array,
+    or a path that ends in neither suffix.
+    """
     path = os.fspath(path)
-    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in sorted(params.items())}
+    if not isinstance(params, Mapping):
+        raise ParamError(f"save_params: params must be a dict name -> array, given "
+                         f"{type(params).__name__}")
+    arrays = {}
+    for key, value in sorted(params.items(), key=lambda kv: str(kv[0])):
+        arr = np.asarray(value) if isinstance(key, str) else None
+        if arr is None or not (arr.dtype.kind in "fiub" or arr.dtype.name == "bfloat16"):
+            what = (f"name {key!r} is not a string" if not isinstance(key, str) else
+                    f"{key!r} is not a numeric array (given {type(value).__name__}"
+                    + (f" of dtype {arr.dtype})" if isinstance(value, np.ndarray) else ")"))
+            raise ParamError(f"save_params: {what}")
+        arrays[key] = np.ascontiguousarray(arr)
     if path.endswith(".safetensors"):
         from safetensors.numpy import save
 
-        data = save(arrays)
+        try:
+            data = save(arrays)
+        except Exception as exc:  # noqa: BLE001 - e.g. a dtype safetensors cannot store
+            raise ParamError(f"save_params: safetensors cannot store these arrays: {exc}") from None
     elif path.endswith(".npz"):
         import io
 

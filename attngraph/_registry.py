@@ -71,6 +71,9 @@ class OpDef:
     per_position: Callable[[Any], bool] | None = None
     decode: DecodeForms | None = None
     stream: StreamForms | None = None
+    # check(attrs, *inputs) -> None, or what is wrong with the arrays a node is about to get
+    # (sizes that symbolic dims left open at build time); the interpreter raises a FeedError.
+    check: Callable[..., str | None] | None = None
 
     def lowering(self, target: str) -> LowerFn:
         return self.lower.get(target) or self.lower["decomposed"]
@@ -90,6 +93,7 @@ def register(
     per_position: bool | Callable[[Any], bool] = False,
     decode: DecodeForms | None = None,
     stream: StreamForms | None = None,
+    check: Callable[..., str | None] | None = None,
 ) -> OpDef:
     """Add an op to the registry; each op name is registered exactly once."""
     if name in OPS:
@@ -100,6 +104,6 @@ def register(
     if onnx is not None:
         lower["onnx"] = onnx
     rule = (lambda attrs: True) if per_position is True else (per_position or None)
-    op = OpDef(name, infer, reference, lower, rule, decode, stream)
+    op = OpDef(name, infer, reference, lower, rule, decode, stream, check)
     OPS[name] = op
     return op

@@ -152,7 +152,8 @@ def stream_plan(model: Model, where: str) -> Plan:
         if t.rank < 2 or not isinstance(t.shape[1], str):
             raise UnsupportedError(
                 f"{where}: input {key!r} is {t}; a step model takes every input as [batch, "
-                "seq, ...] with a symbolic seq dim (the frames of a chunk)")
+                "seq, ...] with a symbolic seq dim (the frames of a chunk) (model defined at "
+                f"{model.location})")
     for node in model.nodes:
         if node.op == "input":
             continue

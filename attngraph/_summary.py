@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._table import render
+
 if TYPE_CHECKING:
     from ._model import Model
 
@@ -31,13 +33,7 @@ def summary_table(model: Model, context: int | None = None, dtype: str | None = 
         per_token = f"{cost.kv_cache_bytes_per_token:,}" if cost is not None else ""
         rows.append((model.name_of(node), node.op, ins, out, f"{count:,}" if count else "",
                      per_token))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    rule = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-
-    def line(r: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-
-    body = [rule, line(rows[0]), rule, *(line(r) for r in rows[1:]), rule]
+    body = [render(rows[0], rows[1:], style="grid")]
     body.append(f"Total parameters: {total:,}")
     if context is not None and costs:
         cache = sum(c.kv_cache_bytes(context) for c in costs)

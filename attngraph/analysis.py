@@ -23,6 +23,7 @@ import numpy as np
 
 from ._errors import ConfigError
 from ._heatmap import plot_attention
+from ._table import render
 
 _CAPTURE: contextvars.ContextVar[list[tuple[np.ndarray, np.ndarray | None]] | None] = \
     contextvars.ContextVar("attention_capture", default=None)
@@ -112,9 +113,7 @@ class AttentionReport:
                              f"{layer.sparsity[h]:.2f}", f"{layer.max_weight[h]:.3f}",
                              f"{layer.pattern[h]} {layer.strength[h]:.2f}",
                              "yes" if h in layer.collapsed else ""))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = [render(rows[0], rows[1:])]
         for layer in self.layers.values():
             lines.append(f"{layer.name}: head diversity {layer.diversity:.3f}")
         lines += [f"warning: {w}" for w in self.warnings]

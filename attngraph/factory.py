@@ -9,7 +9,6 @@ projection to add.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,7 +33,6 @@ from .layers import (
 ATTENTION_TYPES = ("mha", "mqa", "gqa")
 ACTIVATIONS: dict[str, Callable[..., Value]] = {
     "relu": relu, "gelu": gelu, "silu": silu, "sigmoid": sigmoid, "tanh": tanh}
-_MODULES = itertools.count()
 
 
 def kv_heads_for(c: Checker, attention_type: Any, num_heads: int, num_groups: Any) -> int:
@@ -128,7 +126,8 @@ def attention_module(
         causal, key_padding_mask, mask: as in `multi_head_attention`.
         return_attention_scores: also return the weights [batch, heads, q_seq, kv_seq].
 
-    Params: `{name}.query|key|value|output.kernel` (+ `.bias`), `{name}.norm.scale|bias`.
+    Params: `{name}.query|key|value|output.kernel` (+ `.bias`), `{name}.norm.scale|bias`
+    (without a name, the layers are auto-named like any builder's).
     When key and value are one tensor the layer is one `multi_head_attention` node; with
     separate key and value inputs it is dense projections around one `attention` node.
 
@@ -160,7 +159,7 @@ def attention_module(
                f"(width {out_dim}); widths are never aligned silently: project the query "
                f"first (ag.dense(query, {out_dim})), set output_dim={width}, or pass "
                "use_residual=False")
-    base = name or f"attention_module_{next(_MODULES)}"
+    base = name
     key = query if key is None else key
     value = key if value is None else value
     common: dict[str, Any] = {"key_padding_mask": key_padding_mask, "mask": mask,
@@ -175,32 +174,37 @@ def attention_module(
                            out_dim, use_bias, return_attention_scores, base, common)
     y, scores = out if return_attention_scores else (out, None)
     if activation is not None:
-        y = ACTIVATIONS[activation](y, name=f"{base}.activation")
+        y = ACTIVATIONS[activation](y, name=_sub(base, "activation"))
     if use_residual:
-        y = add(y, query, name=f"{base}.residual")
+        y = add(y, query, name=_sub(base, "residual"))
     if use_layer_norm:
-        y = layer_norm(y, name=f"{base}.norm")
+        y = layer_norm(y, name=_sub(base, "norm"))
     return (y, scores) if return_attention_scores else y
 
 
+def _sub(base: str | None, part: str) -> str | None:
+    """`{name}.{part}` for a named module; unnamed modules' layers are auto-named."""
+    return None if base is None else f"{base}.{part}"
+
+
 def _separate_kv(query: Value, key: Value, value: Value, heads: int, key_dim: int,
-                 value_dim: int, out_dim: int, use_bias: bool, scores: bool, base: str,
+                 value_dim: int, out_dim: int, use_bias: bool, scores: bool, base: str | None,
                  common: dict[str, Any]) -> Any:
     """Dense projections of query, key and value from inputs of their own widths around one
     attention node: q/k [B, H, S, key_dim], v [B, H, Sk, value_dim]."""
     def heads_of(x: Value, width: int, sub: str) -> Value:
-        projected = dense(x, heads * width, use_bias=use_bias, name=f"{base}.{sub}")
+        projected = dense(x, heads * width, use_bias=use_bias, name=_sub(base, sub))
         return Value(make_node("split_heads", [projected], {"heads": heads},
-                               name=f"{base}.{sub}_heads", location=caller_location()))
+                               name=_sub(base, f"{sub}_heads"), location=caller_location()))
 
     q = heads_of(query, key_dim, "query")
     k = heads_of(key, key_dim, "key")
     v = heads_of(value, value_dim, "value")
     out = scaled_dot_product_attention(q, k, v, return_weights=scores, name=base, **common)
     attended, weights = out if scores else (out, None)
-    merged = Value(make_node("merge_heads", [attended], {}, name=f"{base}.merge",
+    merged = Value(make_node("merge_heads", [attended], {}, name=_sub(base, "merge"),
                              location=caller_location()))
-    y = dense(merged, out_dim, use_bias=use_bias, name=f"{base}.output")
+    y = dense(merged, out_dim, use_bias=use_bias, name=_sub(base, "output"))
     return (y, weights) if scores else y
 
 

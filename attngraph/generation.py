@@ -326,6 +326,7 @@ def _loop(backend: Any, ids: np.ndarray, mask: np.ndarray, max_new_tokens: int,
                 done |= chosen == eos
             if bar is not None:
                 bar.update(1)
+                bar.clear()  # whatever the caller prints now starts on a clean line
             yield token
             if done.all() or step == max_new_tokens - 1:
                 return

@@ -2,9 +2,9 @@
 masked. No gradients are needed: each head is switched off in turn and the model re-run with
 the reference interpreter.
 
-Masking head h of a `multi_head_attention` layer zeroes its rows h*Dv .. (h+1)*Dv - 1 of
-`output.kernel`, so the head adds nothing to the layer's output (Michel et al. 2019 mask head
-outputs the same way).
+Masking head h zeroes rows h*Dv .. (h+1)*Dv - 1 of the layer's output projection kernel, so
+the head adds nothing to the layer's output (Michel et al. 2019 mask head outputs the same
+way).
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def head_importance(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping
         "max_abs": the largest absolute change of any output element;
         a callable loss(outputs) -> float: loss(masked) - loss(unmasked), e.g. a
         cross-entropy against targets (a head whose removal raises the loss matters).
-    layers: names of `multi_head_attention` layers to score (default: all of them).
+    layers: names of attention layers to score (default: all of them): every
+        `multi_head_attention`, and `attention` nodes whose heads are merged into a dense
+        projection (`ag.attention_module` with separate key and value inputs).
 
     Returns a list of HeadImportance(layer, head, score), sorted by score, highest first.
     Raises ConfigError for an unknown metric or layer, or a model with no such layer.
@@ -50,28 +52,54 @@ def head_importance(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping
     c = Checker("head_importance", None, caller_location())
     if not callable(metric):
         c.choice(metric, "metric", METRICS)
-    candidates = {model.name_of(n): n for n in model.nodes if n.op == "multi_head_attention"}
+    candidates = ablatable_heads(model)
     if not candidates:
-        c.fail("the model has no multi_head_attention layer to ablate")
+        c.fail("the model has no attention layer with an output projection to ablate")
     names = list(candidates) if layers is None else list(layers)
     unknown = [n for n in names if n not in candidates]
     if unknown or not names:
-        c.fail(f"layers must name multi_head_attention layers {list(candidates)}, given "
-               f"{unknown or names!r}")
+        c.fail(f"layers must name attention layers with an output projection "
+               f"{list(candidates)}, given {unknown or names!r}")
     base_params = check_params(model.param_specs, params)
     base = model.predict(base_params, feeds)
     scores = []
     for name in names:
-        node = candidates[name]
-        dv = value_dim(node.attrs)
-        spec = next(p for p in node.params if p.name == "output.kernel")
-        key = model.param_key(node, spec)
-        for h in range(node.attrs["num_heads"]):
+        key, heads, dv = candidates[name]
+        for h in range(heads):
             kernel = base_params[key].copy()
             kernel[h * dv:(h + 1) * dv] = 0.0  # head h's share of the output projection
             masked = model.predict({**base_params, key: kernel}, feeds)
             scores.append(HeadImportance(name, h, _change(metric, base, masked)))
     return sorted(scores, key=lambda s: -s.score)
+
+
+def ablatable_heads(model: Any) -> dict[str, tuple[str, int, int]]:
+    """Layer name -> (output kernel's parameter name, heads, Dv) for every attention layer
+    whose heads meet in an output projection: `multi_head_attention`, and the `attention` op
+    followed by merge_heads and a dense layer (as `ag.attention_module` builds it)."""
+    found = {}
+    for node in model.nodes:
+        if node.op == "multi_head_attention":
+            spec = next(p for p in node.params if p.name == "output.kernel")
+            found[model.name_of(node)] = (model.param_key(node, spec), node.attrs["num_heads"],
+                                          value_dim(node.attrs))
+        elif node.op == "attention":
+            merge = _only_consumer(model, node, "merge_heads")
+            dense = merge and _only_consumer(model, merge, "dense")
+            if dense:
+                _, heads, _, dv = node.out_types[0].shape
+                spec = next(p for p in dense.params if p.name == "kernel")
+                found[model.name_of(node)] = (model.param_key(dense, spec), heads, dv)
+    return found
+
+
+def _only_consumer(model: Any, node: Any, op: str) -> Any:
+    """The single node reading `node`'s first output, if it is an `op`; else None."""
+    readers = list(model.graph.successors(node))
+    if len(readers) == 1 and readers[0].op == op and readers[0].inputs[0].node is node \
+            and readers[0].inputs[0].index == 0:
+        return readers[0]
+    return None
 
 
 def _change(metric: Any, base: dict[str, np.ndarray], masked: dict[str, np.ndarray]) -> float:

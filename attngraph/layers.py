@@ -308,6 +308,8 @@ def scaled_dot_product_attention(
         key_padding_mask: bool/int [B, Sk], True/1 = attend.
         causal: query i (absolute position Sk - Sq + i) attends keys j <= Sk - Sq + i.
         window: int K = the last K positions including the query; (left, right) = local band.
+            An int window looks only backwards whatever `causal` says (causal=False does not
+            make it two-sided); for a band around the query pass (left, right), e.g. (3, 3).
         scale: default 1/sqrt(D); a temperature t is scale = 1/(t sqrt(D)).
         softcap: c > 0 turns scores into c tanh(scores / c) before masking.
         return_weights: also return the attention weights [B, Hq, Sq, Sk].

@@ -6,7 +6,8 @@ numpy helpers (for feeds, tests and pictures): `causal_mask(n)`, `window_mask(n,
 Graph builders: `strided_pattern` and `block_sparse_pattern` make the same masks inside a
 model, sized by the run-time sequence lengths, for the `mask=` input of
 `multi_head_attention` / `scaled_dot_product_attention`. Every target receives them as an
-exact mask on its fused attention node.
+exact mask on its fused attention node. Build a pattern once and pass it to every layer that
+uses it: the exported model then computes it once.
 """
 
 from __future__ import annotations

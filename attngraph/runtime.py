@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ._errors import AttnGraphError, ExportError, FeedError
+from ._errors import AttnGraphError, ConfigError, ExportError, FeedError
 from ._feeds import check_feeds
+from ._limits import check_limits, feed_limits
+from ._ort_errors import explain, layers_of
 from ._types import TensorType
 
 
 class RuntimeFailure(AttnGraphError):
     """onnxruntime refused or failed to run a model."""
+
+
+# onnxruntime logs its own copy of every error (in colour, even into a pipe) before raising
+# it; attngraph reports the error itself, so onnxruntime stays quiet unless asked (CLI -v).
+_LOG_SEVERITY = 4  # onnxruntime's levels: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+
+
+def set_log_severity(level: int) -> None:
+    """How much onnxruntime may log on its own (0 verbose .. 4 fatal only, the default)."""
+    global _LOG_SEVERITY
+    import onnxruntime as ort
+
+    _LOG_SEVERITY = int(level)
+    ort.set_default_logger_severity(_LOG_SEVERITY)
 
 
 def available_providers() -> list[str]:
@@ -28,6 +45,12 @@ def default_providers() -> list[str]:
     """CUDA first when onnxruntime offers it, then CPU."""
     available = available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+# onnxruntime (1.32 at least) crashes the process on a float16 model where an LSTM feeds a
+# MatMul when this layout transformer runs on the CPU; it only reorders NCHW convolutions,
+# which attngraph never emits, so turning it off costs nothing.
+_DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 
 
 class Session:
@@ -49,9 +72,13 @@ class Session:
                  spinning: bool = False) -> None:
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(_LOG_SEVERITY)
         data = self._load_bytes(model_or_path, params, target, dtype)
+        from ._model import Model
+
+        self._limits = feed_limits(model_or_path) if isinstance(model_or_path, Model) else []
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = _LOG_SEVERITY
         if threads is not None:
             options.intra_op_num_threads = threads
         # Idle pool threads sleep instead of spinning: a decode step is many small ops, and
@@ -59,9 +86,11 @@ class Session:
         value = "1" if spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", value)
         options.add_session_config_entry("session.inter_op.allow_spinning", value)
-        self.providers = list(providers) if providers is not None else default_providers()
+        self.providers = (_checked_providers(providers) if providers is not None
+                          else default_providers())
         try:
-            self._session = ort.InferenceSession(data, options, providers=self.providers)
+            self._session = ort.InferenceSession(data, options, providers=self.providers,
+                                                 disabled_optimizers=_DISABLED_OPTIMIZERS)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises plain RuntimeErrors
             what = data if isinstance(data, str) else "the model"
             raise RuntimeFailure(f"Session: onnxruntime cannot load {what} (is it an ONNX "
@@ -69,6 +98,7 @@ class Session:
         self.inputs: dict[str, TensorType] = {
             i.name: _tensor_type(i) for i in self._session.get_inputs()
         }
+        self._layers = layers_of(self.metadata)
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.outputs: dict[str, TensorType] = {
             o.name: _tensor_type(o) for o in self._session.get_outputs()
@@ -106,6 +136,8 @@ class Session:
         """Check feeds against the model's inputs (names, dtypes, shapes; NaN/Inf when
         `check_finite`), run, and return outputs by name."""
         arrays = check_feeds(self.inputs, feeds, check_finite=check_finite, where="Session.run")
+        check_limits(self._limits, {k: t.shape for k, t in self.inputs.items()}, arrays,
+                     "Session.run")
         names = list(outputs) if outputs is not None else self.output_names
         unknown = [n for n in names if n not in self.output_names]
         if unknown:
@@ -114,7 +146,7 @@ class Session:
         try:
             results = self._session.run(names, arrays)
         except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
-            raise RuntimeFailure(f"Session.run: onnxruntime failed: {exc}") from None
+            raise RuntimeFailure(explain("Session.run", exc, self._layers)) from None
         return dict(zip(names, results))
 
     @property
@@ -158,7 +190,7 @@ class Session:
                 binding.bind_ortvalue_output(output, device[name])
             self._session.run_with_iobinding(binding)
         except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
-            raise RuntimeFailure(f"Session.run_bound: onnxruntime failed: {exc}") from None
+            raise RuntimeFailure(explain("Session.run_bound", exc, self._layers)) from None
         values = binding.get_outputs()  # in the order bound
         kept = dict(zip(keep, values[: len(keep)]))
         fetched = {name: v.numpy()
@@ -169,6 +201,26 @@ class Session:
     def session(self) -> Any:
         """The underlying onnxruntime.InferenceSession."""
         return self._session
+
+
+def _checked_providers(providers: Any) -> list[Any]:
+    """The providers as given, when this onnxruntime offers each; a ConfigError otherwise.
+
+    onnxruntime itself would print a warning and silently run on the CPU instead. Entries are
+    names or (name, options) pairs, as onnxruntime takes them.
+    """
+    if isinstance(providers, str) or not isinstance(providers, Sequence) or not providers:
+        raise ConfigError(f"Session: providers must be a non-empty list of execution provider "
+                          f"names, given {providers!r}")
+    available = available_providers()
+    names = [p[0] if isinstance(p, tuple) and p else p for p in providers]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        close = {n: difflib.get_close_matches(str(n), available, n=1) for n in unknown}
+        hints = "".join(f"; did you mean {c[0]!r} for {n!r}?" for n, c in close.items() if c)
+        raise ConfigError(f"Session: unavailable execution provider(s) {unknown}; this "
+                          f"onnxruntime offers {available}{hints}")
+    return list(providers)
 
 
 def _tensor_type(info: Any) -> TensorType:

@@ -16,14 +16,16 @@ EXPORTED = os.path.join(ROOT, "exported")
 TARGETS = ("ort", "onnx", "decomposed")
 
 
-def export_example(name: str, build: Callable[[], tuple[ag.Model, Any]]) -> list[str]:
-    """Write exported/<name>.<target>.onnx for every target; return the paths."""
+def export_example(name: str, build: Callable[[], tuple[ag.Model, Any]],
+                   **options: Any) -> list[str]:
+    """Write exported/<name>.<target>.onnx for every target (`options` go to ag.export, e.g.
+    streaming=True); return the paths."""
     os.makedirs(EXPORTED, exist_ok=True)
     model, params = build()
     paths = []
     for target in TARGETS:
         path = os.path.join(EXPORTED, f"{name}.{target}.onnx")
-        proto = ag.export(model, params, path, target=target)
+        proto = ag.export(model, params, path, target=target, **options)
         _record(os.path.basename(path), model, target, proto.opset_import[0].version)
         paths.append(path)
         print(f"wrote {os.path.relpath(path, ROOT)}")

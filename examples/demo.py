@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _export_util import TARGETS, export_example
 
 import attngraph as ag
+from attngraph._table import render
 from attngraph._validate import compare
 
 NAMES = ["sliding_window", "hybrid", "hybrid_mlp", "gpt", "bert", "llama", "mistral", "t5"]
@@ -52,10 +53,8 @@ def main() -> int:
                              f"{ms:.1f}", "pass" if check.passed else "FAIL"))
     header = ("model", "target", "output", "attention nodes", "shape", "max abs err", "ms",
               "result")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print()
-    for r in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(render(header, rows))
     print(f"\n{'all outputs agree with the reference' if ok else 'SOME OUTPUTS DISAGREE'} "
           f"(fp32 tolerance 1e-4 + 1e-4*|ref|); providers: {', '.join(ag.Session(paths[0]).providers)}")
     ok &= generation()
@@ -85,10 +84,8 @@ def generation(new_tokens: int = 24) -> bool:
             rows.append((name, target, " ".join(map(str, got[1, 6:12])) + " ...",
                          f"{rate:.0f}", "pass" if same else "FAIL"))
     header = ("model", "target", f"row 2 (prompt {prompts[1]})", "tok/s", "tokens = reference")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(f"\nKV-cache generation: {new_tokens} greedy tokens, a left-padded batch of 2")
-    for r in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(render(header, rows))
     return ok
 
 

@@ -205,13 +205,28 @@ def test_heat_map_uses_one_colour_scale(tmp_path) -> None:
     assert has_top(rows[0]) and not has_top(rows[1])
 
 
+def test_heat_map_layers_with_different_head_counts(tmp_path) -> None:
+    """Rows of 3 and 2 heads: the grid has 3 columns, the second row leaves its last cell empty."""
+    wide = head_statistics(np.concatenate([_synthetic(k, n=5) for k in
+                                           ("self", "first", "broad")], axis=1))
+    narrow = head_statistics(np.concatenate([_synthetic(k, n=5) for k in
+                                             ("previous", "local")], axis=1))
+    report = AttentionReport({"wide": wide, "narrow": narrow})
+    _, colourful, _ = _read(ag.plot_attention(report, tmp_path / "mixed.png"))
+    *panels, _bar = _runs(colourful.any(axis=0))
+    assert len(panels) == 3
+    first_rows = _runs(colourful[:, panels[0][0]:panels[0][1]].any(axis=1))
+    last_rows = _runs(colourful[:, panels[2][0]:panels[2][1]].any(axis=1))
+    assert len(first_rows) == 2 and len(last_rows) == 1
+
+
 def test_heat_map_errors(tmp_path) -> None:
     report = AttentionReport({"a": head_statistics(_synthetic("self", n=4))})
     with pytest.raises(ag.ConfigError, match="tokens has 3 labels for 4 positions"):
         ag.plot_attention(report, tmp_path / "x.png", tokens=["a", "b", "c"])
     with pytest.raises(ag.ConfigError, match="no layer"):
         ag.plot_attention(report, tmp_path / "x.png", layer="b")
-    with pytest.raises(ag.ConfigError, match="head 3 is not a head"):
+    with pytest.raises(ag.ConfigError, match="head 3 is not a head of these layers"):
         ag.plot_attention(report, tmp_path / "x.png", heads=[3])
     assert not list(tmp_path.iterdir())
 
@@ -257,5 +272,24 @@ def test_head_importance_with_a_loss() -> None:
     assert ranking[0].head == 1 and ranking[0].score > 0
     with pytest.raises(ag.ConfigError, match="metric must be one of"):
         ag.head_importance(model, params, feeds, metric="kl")
-    with pytest.raises(ag.ConfigError, match="layers must name multi_head_attention layers"):
+    with pytest.raises(ag.ConfigError, match="layers must name attention layers"):
         ag.head_importance(model, params, feeds, layers=["nope"])
+
+
+def test_head_importance_of_a_module_with_separate_key_and_value() -> None:
+    """attention_module with separate inputs is dense layers around one `attention` node: its
+    heads are ablated through the `{name}.output` projection."""
+    q = ag.input("q", ("batch", "seq", 10))
+    k = ag.input("k", ("batch", "kv", 6))
+    v = ag.input("v", ("batch", "kv", 7))
+    y = ag.attention_module(q, k, v, num_heads=3, key_dim=4, value_dim=5, use_residual=False,
+                            use_layer_norm=False, name="mem")
+    model = ag.Model([q, k, v], y)
+    params = model.init(seed=2)
+    params["mem.output.kernel"][:5] = 0.0  # heads 0 and 2 add nothing
+    params["mem.output.kernel"][10:] = 0.0
+    feeds = {"q": randn(2, 4, 10, seed=1), "k": randn(2, 6, 6, seed=2),
+             "v": randn(2, 6, 7, seed=3)}
+    ranking = ag.head_importance(model, params, feeds)
+    assert (ranking[0].layer, ranking[0].head) == ("mem", 1)
+    assert ranking[0].score > 1e-3 and ranking[1].score == ranking[2].score == 0.0

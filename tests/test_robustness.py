@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from attngraph.cli import main
@@ -109,6 +110,31 @@ def test_ctrl_c_in_a_real_process(tmp_path) -> None:
     assert err.strip() == "interrupted" and "Traceback" not in err
 
 
+def test_validate_inputs_and_run_output(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    spec = _write(tmp_path, "m.py", ATTN_FILE)
+    feeds_path = str(tmp_path / "feeds.npz")
+    x = np.random.default_rng(5).standard_normal((3, 4, 16)).astype(np.float32)
+    np.savez(feeds_path, x=x)
+    code, out, err = _cli(capsys, "validate", spec, "--inputs", feeds_path, "--targets", "ort")
+    assert code == 0 and "feeds: x f32[3,4,16]" in out and "PASSED" in out, err
+    onnx_path, out_path = str(tmp_path / "m.onnx"), str(tmp_path / "out.npz")
+    assert _cli(capsys, "export", spec, "-o", onnx_path)[0] == 0
+    code, out, err = _cli(capsys, "run", onnx_path, "--inputs", feeds_path, "-o", out_path,
+                          "--repeat", "1")
+    assert code == 0 and f"wrote {out_path}" in out, err
+    with np.load(out_path, allow_pickle=False) as saved:
+        got = dict(saved)
+    import attngraph.cli._load as load
+
+    model, _ = load.load_model(spec)
+    want = model.predict(model.init(seed=0), {"x": x})
+    assert set(got) == set(want)
+    np.testing.assert_allclose(got["output"], want["output"], atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    code, _, err = _cli(capsys, "run", onnx_path, "-o", str(tmp_path / "out.txt"))
+    assert code == 2 and "expected a path ending in .npz" in err
+
+
 def test_cli_errors_do_not_point_into_attngraph_or_the_caller(
         capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     spec = _write(tmp_path, "dec.py", DECODER_FILE)
@@ -157,8 +183,8 @@ def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
     with open(os.path.join(REPO, ".ci", "min-versions.txt")) as f:
         pins = dict(line.strip().split("==") for line in f
                     if line.strip() and not line.startswith("#"))
-    assert {k: _release(v) for k, v in pins.items()} == {
-        k: _release(v) for k, v in floors.items()}  # `make test-min` installs exactly the oldest versions allowed
+    # `make test-min` installs exactly the oldest versions allowed
+    assert {k: _release(v) for k, v in pins.items()} == {k: _release(v) for k, v in floors.items()}
     for name, floor in floors.items():
         assert _release(version(name)) >= _release(floor), (name, version(name), floor)
     # onnxruntime < 1.30 rejects GroupQueryAttention's `causal` attribute and gives NaN or
@@ -168,3 +194,105 @@ def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
     with open(os.path.join(REPO, "Makefile")) as f:
         makefile = f.read()
     assert "test-min:" in makefile and ".ci/min-versions.txt" in makefile
+
+
+# -- item 8: generate's progress bar never shares the terminal line with the tokens ---------------
+
+LONG_DECODER = '''
+import attngraph as ag
+
+def build():
+    return ag.models.gpt(vocab_size=30, n_positions=300, n_embd=8, n_layer=1, n_head=1)
+'''
+
+
+class _Terminal:
+    """Stands in for a terminal that both sys.stdout and sys.stderr write to."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    def screen(self) -> list[str]:
+        """The lines a terminal would show: '\r' returns to column 0 and overwrites."""
+        lines, row, col = [""], 0, 0
+        for ch in re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", self.text):
+            if ch == "\n":
+                row, col = row + 1, 0
+                lines += [""] * (row + 1 - len(lines))
+            elif ch == "\r":
+                col = 0
+            else:
+                line = lines[row].ljust(col)
+                lines[row] = line[:col] + ch + line[col + 1:]
+                col += 1
+        return [line.rstrip() for line in lines if line.strip()]
+
+
+@pytest.mark.parametrize("prompts", [["1 2"], ["1 2", "3"]])
+def test_generate_progress_bar_stays_off_the_token_line(tmp_path, monkeypatch,
+                                                        prompts: list[str]) -> None:
+    spec = _write(tmp_path, "long.py", LONG_DECODER)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["generate", spec, "--target", "reference", "-n", "260"]
+    for prompt in prompts:
+        argv += ["--prompt", prompt]
+    assert main(argv) == 0
+    screen = terminal.screen()
+    # each prompt's row intact on its own line (prompt, then 260 tokens), then the speed line
+    assert len(screen) == len(prompts) + 1, screen
+    for line, prompt in zip(screen, prompts):
+        ids = line.replace("|", " ").split()
+        assert ids[:len(prompt.split())] == prompt.split() and len(ids) == len(prompt.split()) \
+            + 260 and all(i.isdigit() for i in ids), line
+    assert screen[-1].endswith("tok/s)")
+    if len(prompts) > 1:  # a batch prints at the end: a bar showed meanwhile, then was cleared
+        assert "generate:" in terminal.text
+
+
+# -- item 11: the README's examples run as a new user would run them ------------------------
+
+
+def _readme_blocks() -> list[tuple[str, str]]:
+    """(kind, code) of every block the README marks with `<!-- readme-test: KIND -->`."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    return re.findall(r"<!-- readme-test: (\w+) -->\n```\w*\n(.*?)```", text, re.DOTALL)
+
+
+def test_readme_says_how_to_install_and_what_a_model_file_defines() -> None:
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = " ".join(f.read().split())
+    assert "pip install ." in text and '".[viz]"' in text
+    for extra in ("viz", "genai", "cuda", "torch", "bench", "test", "dev"):
+        assert f"| `{extra}` |" in text, extra
+    assert "A model file is a Python file that defines" in text and "FILE.py:NAME" in text
+    kinds = [kind for kind, _ in _readme_blocks()]
+    assert kinds.count("python") >= 2 and kinds.count("sh") >= 1
+
+
+@pytest.mark.parametrize("index", range(len(_readme_blocks())))
+def test_readme_block_runs_from_the_repository_root_and_leaves_nothing(index: int) -> None:
+    kind, code = _readme_blocks()[index]
+    before = set(os.listdir(REPO))
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+               + os.environ.get("PATH", ""), MPLBACKEND="Agg")
+    argv = [sys.executable, "-c", code] if kind == "python" else ["bash", "-e", "-c", code]
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    new = set(os.listdir(REPO)) - before
+    # nothing new in the repository root (test tools' own caches, e.g. .hypothesis, aside)
+    assert {n for n in new if not n.startswith(".")} == set(), new

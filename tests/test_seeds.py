@@ -248,3 +248,13 @@ def test_run_target_is_the_shared_helper() -> None:
         assert [n.op_type for n in proto.graph.node if n.op_type.endswith("Attention")] == [op]
     got = run_target(model, params, _module_feeds(True), "decomposed")["output"]
     assert got.shape == (2, 5, 10)
+
+
+def test_unnamed_attention_module_gives_the_same_names_when_rebuilt() -> None:
+    def build() -> ag.Model:
+        q = ag.input("query", ("batch", "seq", 10))
+        k = ag.input("key", ("batch", "kv", 6))
+        v = ag.input("value", ("batch", "kv", 9))
+        return ag.Model([q, k, v], ag.attention_module(q, k, v, num_heads=3, key_dim=4))
+
+    assert build().param_shapes == build().param_shapes

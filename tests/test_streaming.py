@@ -237,6 +237,14 @@ def looking_ahead() -> dict[str, tuple[ag.Model, str]]:
     }
 
 
+def test_a_fixed_sequence_length_is_refused() -> None:
+    model = ag.models.sliding_window(embed_dim=6, window_size=3, num_heads=2, head_dim=4,
+                                     num_layers=1, ffn_dim=5, seq_len=12)
+    with pytest.raises(ag.UnsupportedError, match="input 'input'.*symbolic seq dim.*"
+                                                  "test_streaming.py"):
+        ag.export(model, model.init(), streaming=True)
+
+
 @pytest.mark.parametrize("case", list(looking_ahead()))
 def test_models_that_look_ahead_are_refused_naming_the_layer(case: str) -> None:
     model, layer = looking_ahead()[case]
@@ -309,3 +317,42 @@ def test_last_query_with_rope_and_a_window(target: str) -> None:
         got = stream.step({"x": frames[:, t - size:t]})["output"]
         np.testing.assert_allclose(got, model.predict(params, {"x": frames[:, :t]})["output"],
                                    atol=ATOL)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_value_dim_streams(target: str) -> None:
+    """Value heads narrower than key heads: the value cache has its own width."""
+    x = ag.input("x", ("batch", "seq", 12))
+    y = ag.multi_head_attention(x, num_heads=2, head_dim=8, value_dim=5, window=3, name="att")
+    model = ag.Model(x, {"y": y, "last": ag.last_timestep(ag.multi_head_attention(
+        x, num_heads=2, head_dim=8, value_dim=3, name="lastq"))})
+    params = model.init(seed=4)
+    frames = np.random.default_rng(2).standard_normal((2, 9, 12)).astype(np.float32)
+    proto = ag.export(model, params, target=target, streaming=True)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in proto.graph.input}
+    assert dims["state.att.value"] == ["batch", 2, "past_w3", 5]
+    assert dims["state.lastq.value"] == ["batch", 2, "past", 3]
+    stream = ag.Stream(ag.Session(proto, ["CPUExecutionProvider"]))
+    for t, size in ((2, 2), (3, 1), (9, 6)):
+        got = stream.step({"x": frames[:, t - size:t]})
+        want = model.predict(params, {"x": frames[:, :t]})
+        np.testing.assert_allclose(got["y"], want["y"][:, -size:], atol=ATOL)
+        np.testing.assert_allclose(got["last"], want["last"], atol=ATOL)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_token_ids_stream(target: str) -> None:
+    """Int inputs stream too: a small GPT (learned positions, tied head) chunk by chunk."""
+    model = ag.models.gpt(vocab_size=37, n_positions=40, n_embd=24, n_layer=2, n_head=3)
+    params = model.init(seed=6)
+    ids = np.random.default_rng(3).integers(0, 37, (2, 17))
+    stream = ag.Stream(ag.Session(ag.export(model, params, target=target, streaming=True),
+                                  ["CPUExecutionProvider"]))
+    (key,), (out,) = model.inputs, model.outputs
+    t = 0
+    for size in (5, 1, 4, 7):
+        got = stream.step({key: ids[:, t:t + size]})[out]
+        t += size
+        want = model.predict(params, {key: ids[:, :t]})[out][:, -size:]
+        np.testing.assert_allclose(got, want, atol=ATOL)

@@ -84,3 +84,23 @@ def test_value_dim_errors_and_cache_refusal() -> None:
     model = ag.Model(ids, {"logits": ag.dense(h, 17)})
     with pytest.raises(ag.UnsupportedError, match="attn.*value_dim=5 differs from head_dim=4"):
         ag.export(model, model.init(), kv_cache=True)
+
+
+@pytest.mark.parametrize("kw", [
+    {"num_heads": 3, "causal": True, "value_dim": 5},
+    {"num_heads": 4, "num_kv_heads": 2, "head_dim": 8, "value_dim": 6, "window": 3},
+    {"num_heads": 3, "causal": True, "value_dim": 7, "rope": True},
+])
+def test_value_dim_streams_in_chunks(target: str, kw: dict, tmp_path) -> None:
+    """A step model keeps value states of value_dim: chunks give what predict gives."""
+    x = ag.input("x", ("batch", "seq", 12))
+    model = ag.Model(x, ag.multi_head_attention(x, name="attn", **kw))
+    params = model.init(seed=1)
+    frames = randn(2, 7, 12, seed=4)
+    expected = model.predict(params, {"x": frames})["output"]
+    path = str(tmp_path / "step.onnx")
+    ag.export(model, params, path, streaming=True, target=target)
+    stream = ag.Stream(path)
+    got = np.concatenate([stream.step({"x": frames[:, i:i + 3]})["output"]
+                          for i in range(0, 7, 3)], axis=1)
+    np.testing.assert_allclose(got, expected, atol=1e-4)

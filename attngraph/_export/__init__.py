@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .._decode import (
     IDS,
@@ -24,14 +23,16 @@ from .._decode import (
     present_names,
     share_buffer_choice,
 )
-from .._errors import ExportError
-from .._io import atomic_write_bytes
+from .._errors import ExportError, caller_location
 from .._params import check_params
 from .._registry import OPS, TARGETS
 from .._stream_plan import Plan, Step, analyze, stream_plan
 from .._types import FLOAT_DTYPES, TensorType
+from ..quantize import check_mode, quantize_proto
 from ._builder import ONNX_DTYPES, Builder
+from ._save import EXTERNAL_MIN, data_files, save
 from ._streaming import lower_node, lower_step, stream_metadata
+from ._weights import ParamReader, Weight
 
 if TYPE_CHECKING:
     from .._model import Model
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = {"ort": 23, "onnx": 23, "decomposed": 17}
 MIN_OPSET = {"ort": 17, "onnx": 23, "decomposed": 17}
 MAX_OPSET = 25
+WINDOW_IMPLS = ("auto", "blocked", "direct")
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initialisers; protobuf's hard limit is 2 GiB
 
 
@@ -58,6 +60,10 @@ def export(
     kv_cache: bool = False,
     share_buffer: bool | None = None,
     streaming: bool = False,
+    quantize: str | None = None,
+    external_data: bool | None = None,
+    progress: bool | None = None,
+    window_impl: str = "auto",
 ) -> onnx.ModelProto:
     """Lower `model` to ONNX with every attention layer as one fused node.
 
@@ -84,9 +90,31 @@ def export(
         streaming: export a step model (DESIGN §9): inputs are the next chunk of frames
             `[batch, chunk, ...]` plus `state.frames` and `state.<layer>.<part>`; outputs are
             the model's outputs for the chunk plus `new_state.*`. Run it with `ag.Stream`.
+        quantize: "int4" or "int8": quantize the MatMul weights with onnxruntime's tools
+            (`attngraph/quantize.py`: MatMulNBits in blocks of 32, or dynamic int8); the
+            result runs in onnxruntime only.
+        external_data: (with a path) put the weights in a data file beside the `.onnx`,
+            named `<file>.<hash of its bytes>.data`. Default: when they pass 1.8 GB (ONNX's
+            protobuf limit is 2 GB). Earlier data files of the same path are removed.
+        progress: show a progress bar on stderr while the weights are written (default: on
+            a terminal, from 256 MiB of weights).
+        window_impl: how sliding-window attention layers are lowered: "blocked" (queries in
+            blocks attend their own and the neighbouring key blocks: O(S·W)), "direct" (the
+            whole [S, S] score matrix under a band mask: O(S²)) or "auto" (blocked when the
+            sequence is longer than twice the block size, decided at run time). Cached
+            decoding steps always use the direct form.
+
+    Weights are read from `params` (a Mapping: a dict, or lazily loaded views of memory-mapped
+    safetensors such as `ag.models.hf.from_pretrained` gives) one at a time when they are
+    written, converted to `dtype` a slice at a time, and written straight to the file: peak
+    memory stays near the size of the params as they are held, whatever the model's size.
 
     Returns:
-        The ONNX model proto (the same bytes every time for the same model, params, target).
+        The ONNX model proto, with value_info from shape inference and the model's summary as
+        its doc_string (the same bytes every time for the same model, params, target). Without
+        a path it holds every weight. With a path, initialisers of 1 KiB or more are
+        external-data references to their bytes on disk (the data file, or the `.onnx` itself
+        for a one-file model), so it costs no memory; `onnx.load(path)` reads the whole model.
 
     Raises:
         ExportError: unknown target/dtype/opset, unwritable path.
@@ -96,6 +124,12 @@ def export(
     """
     from .. import __version__
 
+    if not isinstance(params, Mapping):
+        hint = ""
+        if isinstance(params, (str, os.PathLike)) and isinstance(path, Mapping):
+            hint = f"; params and path are swapped: call export(model, params, {params!r})"
+        raise ExportError(f"export: params must be a mapping of name -> array, given "
+                          f"{type(params).__name__}{hint} (at {caller_location()})")
     if target not in TARGETS:
         raise ExportError(f"export: unknown target {target!r}; expected one of {list(TARGETS)}")
     if dtype not in FLOAT_DTYPES:
@@ -114,6 +148,9 @@ def export(
             raise ExportError(f"export: directory {directory!r} does not exist (path {path!r})")
         if not os.access(directory, os.W_OK):
             raise ExportError(f"export: directory {directory!r} is not writable (path {path!r})")
+    if window_impl not in WINDOW_IMPLS:
+        raise ExportError(f"export: window_impl must be one of {list(WINDOW_IMPLS)}, "
+                          f"given {window_impl!r}")
     if not isinstance(kv_cache, bool):
         raise ExportError(f"export: kv_cache must be True or False, given {kv_cache!r}")
     if not isinstance(streaming, bool):
@@ -121,13 +158,21 @@ def export(
     if streaming and kv_cache:
         raise ExportError("export: choose kv_cache=True (token decoders) or streaming=True "
                           "(step models), not both")
+    if quantize is not None:
+        check_mode(quantize, "export")
+    for option, value in (("external_data", external_data), ("progress", progress)):
+        if value not in (None, True, False):
+            raise ExportError(f"export: {option} must be True, False or None, given {value!r}")
+    if external_data and path is None:
+        raise ExportError("export: external_data=True needs a path to write the data file "
+                          "beside")
     layers = cache_layers(model, "export(kv_cache=True)") if kv_cache else None
     shared = layers is not None and share_buffer_choice(layers, target, share_buffer)
     plan = stream_plan(model, "export(streaming=True)") if streaming else analyze(model)
-    checked = check_params(model.param_specs, params)
+    kept = check_params(model.param_specs, params, lazy=True)
 
-    b = Builder(target=target, opset=opset, dtype=dtype, params=checked,
-                param_key=model.param_key)
+    b = Builder(target=target, opset=opset, dtype=dtype, params=ParamReader(params, kept),
+                param_key=model.param_key, window_impl=window_impl)
     if streaming:
         graph_inputs, graph_outputs = lower_step(b, model, plan, dtype)
     elif layers is None:
@@ -135,14 +180,14 @@ def export(
     else:
         graph_inputs, graph_outputs = _lower_cached(b, model, layers, dtype, shared)
 
-    graph = helper.make_graph(
-        b.nodes, model.name, graph_inputs, graph_outputs, initializer=list(b.initializers.values())
-    )
+    graph = helper.make_graph(b.nodes, model.name, graph_inputs, graph_outputs)
     imports = [helper.make_opsetid("", opset)]
     imports += [helper.make_opsetid(d, 1) for d in sorted(b.domains)]
     proto = helper.make_model(graph, opset_imports=imports, producer_name="attngraph",
                               producer_version=__version__)
     proto.ir_version = 10 if opset <= 24 else 11
+    proto.doc_string = (f"{model.name}, exported by attngraph {__version__} for target "
+                        f"{target!r} in {dtype}\n{model.summary(dtype=dtype)}")
     config = json.dumps(model.config(), sort_keys=True, separators=(",", ":"))
     props = {
         "attngraph.version": __version__,
@@ -157,20 +202,33 @@ def export(
         props["attngraph.share_buffer"] = "true" if shared else "false"
     if streaming:
         props["attngraph.streaming"] = stream_metadata(plan)
+    if quantize is not None:
+        props["attngraph.quantize"] = quantize
     helper.set_model_props(proto, props)
-    size = sum(t.ByteSize() for t in proto.graph.initializer)
-    if size > _EXTERNAL_DATA_THRESHOLD:
-        if path is None:
+    weights = list(b.initializers.values())
+    _check(proto, weights)
+    if quantize is not None:  # onnxruntime's quantizers work on a proto with its weights
+        proto.graph.initializer.extend(w.tensor() for w in weights)
+        proto = quantize_proto(proto, quantize)
+        weights = [_weight_of(t) for t in proto.graph.initializer]
+        del proto.graph.initializer[:]
+    size = sum(w.nbytes for w in weights)
+    if path is None:
+        if size > _EXTERNAL_DATA_THRESHOLD:
             raise ExportError(
                 f"export: the model holds {size / 1e9:.1f} GB of weights, over ONNX's 2 GB "
                 "protobuf limit; pass a path so the weights go to external data beside it"
             )
-        _write_external(proto, path)
+        proto.graph.initializer.extend(w.tensor() for w in weights)
         return proto
-    _check(proto)
-    if path is not None:
-        atomic_write_bytes(path, proto.SerializeToString(), what="export")
-    return proto
+    external = size > _EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    return save(proto, weights, path, external=external, progress=progress)
+
+
+def _weight_of(t: onnx.TensorProto) -> Weight:
+    """A quantized model's initialiser, written like the others."""
+    arr = numpy_helper.to_array(t)
+    return Weight(t.name, arr.dtype, tuple(arr.shape), arr)
 
 
 def _lower_nodes(b: Builder, model: Model, names: dict[tuple[int, int], str],
@@ -211,17 +269,31 @@ def _name_output(b: Builder, src: str, key: str) -> None:
                     names[i] = key
 
 
+def reserve_io_names(b: Builder, model: Model) -> None:
+    """Reserve the graph's input and output names before lowering, so that no node output or
+    initialiser takes one (an output named "dense_0.kernel" or "dense_0/MatMul" is fine)."""
+    for key, v in model.outputs.items():
+        source = model.inputs.get(key)
+        if source is not None and (source.node, source.index) != (v.node, v.index):
+            raise ExportError(
+                f"export: output {key!r} has the name of an input (ONNX names every tensor "
+                f"once); give the output another name in ag.Model(..., {{name: value}})")
+    b.used_names.update(model.inputs)
+    b.used_names.update(model.outputs)
+
+
 def _lower(b: Builder, model: Model, dtype: str, plan: Plan) -> tuple[list[Any], list[Any]]:
     names: dict[tuple[int, int], str] = {}
     graph_inputs = []
+    reserve_io_names(b, model)
     for key, v in model.inputs.items():
         names[(id(v.node), 0)] = key
-        b.used_names.add(key)
         graph_inputs.append(_value_info(key, v.type, dtype))
     _lower_nodes(b, model, names, plan=plan)
     graph_outputs = []
     for key, v in model.outputs.items():
-        _output(b, names[(id(v.node), v.index)], key)
+        if names[(id(v.node), v.index)] != key:  # else the output is that input itself
+            _output(b, names[(id(v.node), v.index)], key)
         graph_outputs.append(_value_info(key, v.type, dtype))
     return graph_inputs, graph_outputs
 
@@ -259,25 +331,30 @@ def _lower_cached(b: Builder, model: Model, layers: list[CacheLayer], dtype: str
     return [_value_info(k, t, dtype) for k, t in types.items()], outputs
 
 
-def _check(proto: onnx.ModelProto | str) -> None:
+def _check(proto: onnx.ModelProto, weights: list[Weight]) -> None:
+    """`check_model(full_check=True)` on the graph without its weights, keeping what shape
+    inference found as value_info (so Netron shows shapes).
+
+    full_check is the checker plus strict, type-checking shape inference; here they run on a
+    copy of the graph in which every initialiser of EXTERNAL_MIN bytes or more is a graph input
+    of the same type: weights' values never decide a shape (the small constants that do, such
+    as Reshape targets, stay initialisers), and the check costs no copy of the weights.
+    """
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    for w in weights:
+        if w.nbytes >= EXTERNAL_MIN:
+            probe.graph.input.append(helper.make_tensor_value_info(
+                w.name, helper.np_dtype_to_tensor_dtype(w.dtype), list(w.shape)))
+        else:
+            probe.graph.initializer.append(w.tensor())
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(probe)
+        inferred = onnx.shape_inference.infer_shapes(probe, check_type=True, strict_mode=True)
     except Exception as exc:  # noqa: BLE001 - a checker failure is attngraph's bug; say so
         raise ExportError(f"export: the lowered model fails onnx.checker (a bug in attngraph, "
                           f"please report it): {exc}") from None
+    proto.graph.value_info.extend(inferred.graph.value_info)
 
 
-def _write_external(proto: onnx.ModelProto, path: str) -> None:
-    """Write model + `<file>.data` into a temporary folder, check, then move both into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    data_name = os.path.basename(path) + ".data"
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-") as tmp:
-        tmp_model = os.path.join(tmp, os.path.basename(path))
-        onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        _check(tmp_model)
-        os.replace(os.path.join(tmp, data_name), os.path.join(directory, data_name))
-        os.replace(tmp_model, path)
-
-
-__all__ = ["export"]
+__all__ = ["data_files", "export"]

@@ -6,10 +6,11 @@ from typing import Any, NoReturn
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from .._errors import UnsupportedError, layer_message
 from .._graph import Node
+from ._weights import ParamReader, Weight
 
 ONNX_DTYPES = {
     "float32": TensorProto.FLOAT,
@@ -21,20 +22,26 @@ ONNX_DTYPES = {
 
 
 class Builder:
-    """Collects ONNX nodes and initialisers, named after the layer being lowered."""
+    """Collects ONNX nodes and initialisers, named after the layer being lowered.
+
+    Initialisers are `Weight`s: a parameter is only named here, and read when the model is
+    written (`_weights.py`). Graph input and output names are reserved before lowering
+    (`used_names`), so no node output or initialiser takes a name the user gave."""
 
     def __init__(self, *, target: str, opset: int, dtype: str,
-                 params: dict[str, np.ndarray], param_key: Any) -> None:
+                 params: ParamReader, param_key: Any, window_impl: str = "auto") -> None:
         self.target = target
+        self.window_impl = window_impl  # sliding windows: "auto", "blocked" or "direct"
         self.opset = opset
         self.dtype = dtype  # float dtype of the exported model
-        self.np_dtype = np.dtype(dtype)
+        self.np_dtype = np.dtype(dtype).newbyteorder("<")
         self.params = params
         self.param_key = param_key  # (node, ParamSpec) -> full parameter name
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.initializers: dict[str, Weight] = {}
         self.domains: set[str] = set()
         self.used_names: set[str] = set()
+        self._param_names: dict[str, str] = {}  # full parameter name -> initialiser name
         self._const_cache: dict[tuple[str, tuple[int, ...], bytes], str] = {}
         self.layer = ""
         self.node: Node | None = None
@@ -81,15 +88,17 @@ class Builder:
         return self.op(op_type, inputs, **kwargs)[0]
 
     def param(self, local: str) -> str:
-        """The initialiser holding this layer's parameter `local`, in the model's float dtype."""
+        """The initialiser holding this layer's parameter `local`, in the model's float dtype
+        (named after the parameter unless a graph input or output took that name)."""
         assert self.node is not None
         spec = next(p for p in self.node.params if p.name == local)
         full = self.param_key(self.node, spec)
-        if full not in self.initializers:
-            arr = np.ascontiguousarray(self.params[full].astype(self.np_dtype))
-            self.initializers[full] = numpy_helper.from_array(arr, full)
-            self.used_names.add(full)
-        return full
+        if full not in self._param_names:
+            name = self._unique(full)
+            self._param_names[full] = name
+            self.initializers[name] = Weight(name, self.np_dtype, tuple(spec.shape),
+                                             self.params.source(full))
+        return self._param_names[full]
 
     def param_array(self, local: str) -> np.ndarray:
         """The numpy value of this layer's parameter `local`, without writing an initialiser
@@ -108,7 +117,7 @@ class Builder:
         key = (dtype, arr.shape, arr.tobytes())
         if key not in self._const_cache:
             name = self._unique(f"{self.layer}.{tag}")
-            self.initializers[name] = numpy_helper.from_array(arr, name)
+            self.initializers[name] = Weight(name, arr.dtype.newbyteorder("<"), arr.shape, arr)
             self._const_cache[key] = name
         return self._const_cache[key]
 

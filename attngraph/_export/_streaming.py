@@ -40,14 +40,14 @@ def _chunk_type(plan: Plan, value: Any) -> TensorType:
 
 def lower_step(b: Builder, model: Model, plan: Plan, dtype: str) -> tuple[list[Any], list[Any]]:
     """The step model: chunk inputs and state in, chunk outputs and new state out."""
-    from . import _lower_nodes, _name_output, _value_info
+    from . import _lower_nodes, _name_output, _value_info, reserve_io_names
 
     batch = next(iter(model.inputs.values())).type.shape[0]
     names: dict[tuple[int, int], str] = {}
     inputs, outputs = [], []
+    reserve_io_names(b, model)
     for key, v in model.inputs.items():
         names[(id(v.node), 0)] = key
-        b.used_names.add(key)
         inputs.append(_value_info(key, _chunk_type(plan, v), dtype))
 
     def state_type(shape: tuple[Any, ...], kind: str, prefix: str) -> TensorType:

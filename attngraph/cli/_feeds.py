@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
+from .._io import atomic_write_bytes
 from .._model import Model
 from .._types import FLOAT_DTYPES, Dim, TensorType
 from ._common import CLIError
@@ -83,3 +85,12 @@ def load_feeds(path: str) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CLIError(f"--inputs {path!r} is not a readable .npz archive: {exc}") from None
+
+
+def save_arrays(arrays: Mapping[str, np.ndarray], path: str) -> None:
+    """Write name -> array as an .npz archive, atomically (a crash leaves no partial file)."""
+    if not path.endswith(".npz"):
+        raise CLIError(f"-o {path!r}: expected a path ending in .npz")
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
+    atomic_write_bytes(path, buf.getvalue(), what="run -o")

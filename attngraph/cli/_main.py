@@ -13,6 +13,7 @@ from types import ModuleType
 
 from .. import __version__
 from .._errors import AttnGraphError
+from ..runtime import set_log_severity
 from ._common import ArgumentParser, CLIError, one_line, set_verbosity
 
 # The commands, in the order `attngraph --help` lists them. Each is a module of this package
@@ -26,6 +27,8 @@ COMMANDS = (
     "analyze",
     "run",
     "generate",
+    "stream",
+    "serve",
 )
 
 DESCRIPTION = """\
@@ -85,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         verbose = bool(args.verbose)
         set_verbosity(0 if args.quiet else 2 if verbose else 1)
+        if verbose:
+            set_log_severity(2)  # onnxruntime's own warnings too
         return int(args.handler(args))
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
@@ -94,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr, flush=True)
+        print("interrupted", file=sys.stderr, flush=True)
         return 130
     except BrokenPipeError:  # the reader went away (attngraph generate ... | head)
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -102,3 +107,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     finally:
         set_verbosity(1)
+        if verbose:
+            set_log_severity(4)

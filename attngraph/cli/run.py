@@ -9,10 +9,10 @@ import numpy as np
 
 from ..runtime import Session
 from ._common import describe, positive_int, providers, type_of
-from ._feeds import load_feeds, onnx_vocab, random_feeds
+from ._feeds import load_feeds, onnx_vocab, random_feeds, save_arrays
 from ._load import require_file
 
-EXAMPLE = "run out/model.onnx --repeat 20"
+EXAMPLE = "run out/model.onnx --repeat 20 -o out/outputs.npz"
 HELP = "run an .onnx file with onnxruntime and time it"
 
 
@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options."""
     p.add_argument("onnx", metavar="OUT.onnx")
     p.add_argument("--inputs", metavar="FEEDS.npz", help="feeds (default: random)")
+    p.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs (np.load reads "
+                   "them back)")
     p.add_argument("--batch", type=positive_int, default=2, help="size of batch dims (2)")
     p.add_argument("--seq", type=positive_int, default=7, help="size of other symbolic dims (7)")
     p.add_argument("--seed", type=int, default=0, help="seed for random feeds (0)")
@@ -41,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     outputs = session.run(feeds)  # also the warm-up run
     for name, value in outputs.items():
         print(f"{name}: {type_of(np.asarray(value))}")
+    if args.output is not None:
+        save_arrays(outputs, args.output)
+        print(f"wrote {args.output}")
     times = []
     for _ in range(args.repeat):
         start = time.perf_counter()

@@ -17,6 +17,7 @@ A last-query layer reads one query (the last frame) against every kept key: no m
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,46 @@ def looks_ahead(attrs: Any) -> str | None:
         return (f"window {tuple(window)} looks {window[1]} frame(s) ahead; a step model only "
                 "sees frames up to the current one (use right = 0, or an int window)")
     return None
+
+
+def stream_check(node: Any, last_only: bool) -> str | None:
+    """Why a multi_head_attention node cannot stream, or None."""
+    if node.inputs[1] is not None:
+        return "cross-attention reads a context that is not streamed; a step model runs " \
+               "self-attention only"
+    if node.inputs[2] is not None or node.inputs[3] is not None:
+        return "a key_padding_mask or mask input cannot follow a stream (every frame is real)"
+    if node.attrs["return_weights"]:
+        return "return_weights is for inspection; stream the model without it"
+    return None if last_only else looks_ahead(node.attrs)
+
+
+def stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
+    """The key / value caches of a streamed multi_head_attention node."""
+    keep = lookback(node.attrs, last_only)
+    length = "past" if keep is None else f"past_w{keep}"
+    kv, d = node.attrs["num_kv_heads"], node.attrs["head_dim"]
+    dv = int(node.attrs.get("value_dim", d))
+    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, dv)}
+
+
+def stream_positions(b: Any, ctx: Any, x: str) -> Any:
+    """For the standard RotaryEmbedding op (opset 23, not "decomposed"): the chunk's
+    positions (B, S) and a table cache, made once per step model, in the form the decoder's
+    rotation reads (`decode_rope`: cos / sin at just these positions, shared by every layer's
+    q and k); None where the rotation tabulates from an offset instead."""
+    if b.target == "decomposed" or b.opset < 23:
+        return None
+    if "rope" not in ctx.shared:
+        layer, b.layer = b.layer, "stream"
+        start = b.op1("Squeeze", [ctx.frames])
+        stop = b.op1("Add", [start, b.op1("Squeeze", [b.dim(x, 1)])])
+        pos = b.op1("Range", [start, stop, b.const(np.array(1), "int64")])  # (S,)
+        pos = b.op1("Expand", [b.unsqueeze(pos, [0]), b.concat([b.dim(x, 0), b.dim(x, 1)], 0)],
+                    tag="positions")  # (B, S)
+        ctx.shared["rope"] = SimpleNamespace(positions=pos, padding=None, rope_tables={})
+        b.layer = layer
+    return ctx.shared["rope"]
 
 
 def slice_last(b: Any, x: str) -> str:
@@ -112,7 +153,7 @@ def last_query_attention(b: Any, a: Attn, q: str, k: str, v: str, kv_layout: str
     (B, Hkv, T, D) ("4d"); no mask. Output (B, 1, Hq*Dv)."""
     a = replace(a, causal=False, window=None, same_len=False, mask_kind=None, mask_rank=0,
                 has_kpm=False, return_weights=False, cross=True, rope=None)
-    if b.target == "ort" and a.hq == a.hkv and a.softcap is None:
+    if b.target == "ort" and a.hq == a.hkv and a.softcap is None and a.dv == a.d:
         # MultiHeadAttention takes keys and values in either layout as they are.
         return b.op1("MultiHeadAttention", [q, k, v], domain="com.microsoft",
                      tag="MultiHeadAttention", num_heads=a.hq, scale=a.scale)

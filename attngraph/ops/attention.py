@@ -15,6 +15,7 @@ import numpy as np
 from .._decode import looks_ahead
 from .._registry import DecodeForms, StreamForms, register
 from .._types import INT_DTYPES, TensorType, same_dim
+from ._attention_blocked import blocked_attention, threshold
 from ._attention_cache import cached_attention, decode_rope, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention
@@ -25,9 +26,11 @@ from ._attention_stream import (
     lookback,
     slice_last,
     stream_attention,
+    stream_check,
     stream_last_query,
+    stream_positions,
+    stream_state,
 )
-from ._attention_stream import looks_ahead as looks_ahead_stream
 from ._rope import rope_graph, rope_parts, rope_reference
 from ._shapes import Fail, need_float
 
@@ -43,11 +46,39 @@ def _check_masks(mask: Any, kpm: Any, batch: Any, hq: int, sq: Any, sk: Any, fai
         if mask.dtype not in ("bool", "float32", "float16"):
             fail(f"mask must be bool (True = attend) or float (additive), given {mask}")
         full = (batch, hq, sq, sk)
-        if mask.rank > 4 or any(
+        # A 2-D mask whose first dim is the batch dim lines batch up with the query axis: the
+        # Hugging Face attention_mask habit. It broadcasts only by accident (batch == q_seq).
+        batch_on_queries = mask.rank == 2 and same_dim(mask.shape[0], batch) is True \
+            and same_dim(batch, sq) is not True
+        if batch_on_queries or mask.rank > 4 or any(
             d != 1 and same_dim(d, f) is False for d, f in zip(mask.shape[::-1], full[::-1])
         ):
             fail(f"mask must broadcast to [batch, heads, q_seq, kv_seq] = "
-                 f"[{batch},{hq},{sq},{sk}], given {mask}")
+                 f"[{batch},{hq},{sq},{sk}], given {mask}{_padding_hint(mask.rank)}")
+
+
+def _padding_hint(rank: int) -> str:
+    return ("; a [batch, kv_seq] padding mask (Hugging Face's attention_mask) goes in "
+            "key_padding_mask=, True/1 = attend" if rank == 2 else "")
+
+
+def masks_problem(batch: int, hq: int, sq: int, sk: int, kpm: tuple[int, ...] | None,
+                  mask: tuple[int, ...] | None) -> str | None:
+    """The run-time half of `_check_masks` on concrete shapes: sizes that symbolic dims left
+    open at build time (used by the interpreter and by `ag.Session` of a Model)."""
+    if kpm is not None and tuple(kpm) != (batch, sk):
+        return (f"key_padding_mask must be [batch, kv_seq] = [{batch},{sk}] for these feeds, "
+                f"given {list(kpm)}")
+    full = (batch, hq, sq, sk)
+    if mask is not None and (len(mask) > 4 or any(
+            d != 1 and d != f for d, f in zip(mask[::-1], full[::-1]))):
+        return (f"mask must broadcast to [batch, heads, q_seq, kv_seq] = [{batch},{hq},{sq},"
+                f"{sk}] for these feeds, given {list(mask)}{_padding_hint(len(mask))}")
+    return None
+
+
+def _shape(a: np.ndarray | None) -> tuple[int, ...] | None:
+    return None if a is None else tuple(int(d) for d in a.shape)
 
 
 def attn_facts(node: Any, same_len: bool, hq: int, hkv: int, d: int, dv: int) -> Attn:
@@ -59,11 +90,15 @@ def attn_facts(node: Any, same_len: bool, hq: int, hkv: int, d: int, dv: int) ->
         mask_rank=0 if mask is None else mask.type.rank,
         has_kpm=kpm is not None, kpm_bool=kpm is not None and kpm.dtype == "bool",
         same_len=same_len, return_weights=a["return_weights"], cross=not same_len,
+        mask_shape=() if mask is None else tuple(mask.type.shape),
     )
 
 
 def _core(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
           layout: str) -> list[str]:
+    above = threshold(b, a)
+    if above is not None:  # sliding window: O(S·W) blocked form (DESIGN §8)
+        return [blocked_attention(b, a, q, k, v, mask, kpm, layout, above)]
     if b.target == "decomposed":
         out, weights = decomposed_attention(b, a, q, k, v, mask, kpm, layout)
         return [out, weights] if a.return_weights else [out]
@@ -122,8 +157,14 @@ def _sdpa_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
     return _core(b, a, q_in, k_in, v_in, mask, kpm, "4d")
 
 
+def _sdpa_check(attrs: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                kpm: np.ndarray | None, mask: np.ndarray | None) -> str | None:
+    return masks_problem(q.shape[0], q.shape[1], q.shape[2], k.shape[2], _shape(kpm),
+                         _shape(mask))
+
+
 register("attention", infer=_sdpa_infer, reference=_sdpa_ref, decomposed=_sdpa_lower,
-         ort=_sdpa_lower, onnx=_sdpa_lower)
+         ort=_sdpa_lower, onnx=_sdpa_lower, check=_sdpa_check)
 
 # -- multi-head attention (one node, with its projections) -----------------------------------
 
@@ -306,24 +347,6 @@ def _mha_decode_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
 # -- multi-head attention in step models and for the last query (see `_stream_plan.py`) -------
 
 
-def _mha_stream_check(node: Any, last_only: bool) -> str | None:
-    if node.inputs[1] is not None:
-        return "cross-attention reads a context that is not streamed; a step model runs " \
-               "self-attention only"
-    if node.inputs[2] is not None or node.inputs[3] is not None:
-        return "a key_padding_mask or mask input cannot follow a stream (every frame is real)"
-    if node.attrs["return_weights"]:
-        return "return_weights is for inspection; stream the model without it"
-    return None if last_only else looks_ahead_stream(node.attrs)
-
-
-def _mha_stream_state(node: Any, last_only: bool) -> dict[str, tuple[Any, ...]]:
-    keep = lookback(node.attrs, last_only)
-    length = "past" if keep is None else f"past_w{keep}"
-    kv, d = node.attrs["num_kv_heads"], node.attrs["head_dim"]
-    return {"key": ("batch", kv, length, d), "value": ("batch", kv, length, d)}
-
-
 def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x: np.ndarray,
                     *_: Any) -> tuple[np.ndarray]:
     last, keep = ctx.last_only(node), lookback(attrs, ctx.last_only(node))
@@ -343,10 +366,14 @@ def _mha_stream_ref(attrs: Any, p: dict[str, np.ndarray], ctx: Any, node: Any, x
 def _mha_stream_lower(b: Any, node: Any, ins: list[str], ctx: Any) -> list[str]:
     x, last = ins[0], ctx.last_only(node)
     keep = lookback(node.attrs, last)
-    q_at = b.op1("Sub", [b.op1("Add", [ctx.frames, b.dim(x, 1)]), b.ints([1])]) if last \
-        else ctx.frames
-    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x,
-                                offsets=(q_at, ctx.frames))
+    rope = node.attrs["rope"] is not None
+    rotate = stream_positions(b, ctx, x) if rope and not last else None
+    offsets = None
+    if rope and rotate is None:  # q and k rotated where they sit in the stream
+        q_at = b.op1("Sub", [b.op1("Add", [ctx.frames, b.dim(x, 1)]), b.ints([1])]) if last \
+            else ctx.frames
+        offsets = (q_at, ctx.frames)
+    q, k, v, a = _project_graph(b, node, slice_last(b, x) if last else x, x, rotate, offsets)
     past = ctx.state[ctx.key(node, "key")], ctx.state[ctx.key(node, "value")]
     if last:
         out, present_k, present_v = stream_last_query(b, a, q, k, v, *past, keep)
@@ -372,8 +399,15 @@ def _mha_last_query(b: Any, node: Any, ins: list[str]) -> list[str]:
     return [_dense_graph(b, node, out, "output")]
 
 
+def _mha_check(attrs: Any, x: np.ndarray, ctx: np.ndarray | None, kpm: np.ndarray | None,
+               mask: np.ndarray | None) -> str | None:
+    src = x if ctx is None else ctx
+    return masks_problem(x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], _shape(kpm),
+                         _shape(mask))
+
+
 register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
-         ort=_mha_lower, onnx=_mha_lower,
+         ort=_mha_lower, onnx=_mha_lower, check=_mha_check,
          decode=DecodeForms(_mha_decode_ref, _mha_decode_lower, _mha_decode_check, _mha_cache),
-         stream=StreamForms(_mha_stream_check, _mha_stream_state, _mha_stream_ref,
+         stream=StreamForms(stream_check, stream_state, _mha_stream_ref,
                             _mha_stream_lower, _mha_last_query))

@@ -121,7 +121,8 @@ def _lower_layers(b: Any, node: Any, kind: str, x: str,
                                        _reorder(w["bias_hh"], kind)])[None], tag=f"B_l{layer}")
         inputs = [seq, weights, recur, bias]
         if state is not None:  # initial_h, initial_c: this layer's (1, B, H) slice
-            inputs += ["", *(b.op1("Slice", [s, b.ints([layer]), b.ints([layer + 1]),
+            inputs += ["", *(s if node.attrs["num_layers"] == 1 else
+                             b.op1("Slice", [s, b.ints([layer]), b.ints([layer + 1]),
                                              b.ints([0])], tag=f"state_l{layer}")
                              for s in state[: 2 if kind == "lstm" else 1])]
         extra = {"linear_before_reset": 1} if kind == "gru" else {}
