@@ -39,9 +39,10 @@ bench: $(STAMP)
 	$(PY) bench/attention.py
 	$(PY) bench/reference_memory.py
 	$(PY) bench/decode.py
-	$(PY) bench/quantize.py --quick
+	$(PY) bench/quantize.py --modes fp32,int4
 	$(PY) bench/streaming.py
 	$(PY) bench/export.py
+	$(PY) bench/window.py
 
 export: $(STAMP)
 	rm -f exported/*.onnx exported/MANIFEST.json

@@ -22,7 +22,10 @@ import re
 import secrets
 from collections.abc import Iterator
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:  # typing.Self is new in Python 3.11
+    from typing import Self
 
 import numpy as np
 

@@ -66,10 +66,15 @@ def quantize_proto(proto: Any, mode: str, *, block_size: int = DEFAULT_BLOCK_SIZ
 
 
 def quantize_file(path: str, mode: str, **options: Any) -> Any:
-    """Load an .onnx file (with its external data) and quantize it; returns the new proto."""
+    """Quantize an .onnx file (with its external data); returns the new proto. int8 reads the
+    file itself (no float copy in memory besides the quantizer's own)."""
     import onnx
 
     check_mode(mode, "quantize")
+    if not os.path.isfile(path):
+        raise ExportError(f"quantize: no such file {path!r}")
+    if mode == "int8":
+        return _int8_file(path)
     try:
         proto = onnx.load_model(path, load_external_data=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
@@ -96,25 +101,35 @@ def _int4(proto: Any, block_size: int, accuracy_level: int) -> Any:
 
 def _int8(proto: Any) -> Any:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    props = list(proto.metadata_props)
     big = not _fits(proto)
     with tempfile.TemporaryDirectory(prefix=".tmp-quantize-") as tmp:
-        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
+        src = os.path.join(tmp, "in.onnx")
         onnx.save_model(proto, src, save_as_external_data=big, all_tensors_to_one_file=True,
                         location="in.onnx.data")
+        return _int8_file(src, list(proto.metadata_props))
+
+
+def _int8_file(src: str, props: list[Any] | None = None) -> Any:
+    """onnxruntime's dynamic quantization of the MatMuls of the model file `src` (its output
+    goes through a temporary file with external data, so any size works)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix=".tmp-quantize-") as tmp:
+        dst = os.path.join(tmp, "out.onnx")
         # contrib ops stop shape inference: weights are float (TensorProto.FLOAT = 1)
         options = {"MatMulConstBOnly": True, "DefaultTensorType": 1}
         try:
             with _quiet():
                 quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True,
-                                 weight_type=QuantType.QInt8, use_external_data_format=big,
+                                 weight_type=QuantType.QInt8, use_external_data_format=True,
                                  extra_options=options)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's quantizer raises many kinds
             raise ExportError(f"quantize: onnxruntime's int8 quantizer failed: {exc}") from None
         out = onnx.load_model(dst, load_external_data=True)
-    _keep_props(out, props)
+    if props is not None:
+        _keep_props(out, props)
     return out
 
 

@@ -26,7 +26,10 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing.Self is new in Python 3.11
+    from typing import Self
 
 import numpy as np
 

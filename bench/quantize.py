@@ -6,7 +6,8 @@ checkpoint is fetched). Each cell runs in its own process:
 
     build     the float32 cached decoder (`ag.export(..., kv_cache=True)`, external data)
     quantize  int4 (MatMulNBits, blocks of 32) and int8 (dynamic) files from the float32 file
-              with `attngraph.quantize.quantize_proto`, the code behind export(quantize=...)
+              with `attngraph.quantize.quantize_file` (the quantizers behind
+              export(quantize=...))
     error     prompt logits of each quantized file against the float32 file (onnxruntime on
               both; the float32 export matches the numpy reference to 1e-4, tests/)
     decode    batch 1, greedy: a prompt of --prompt tokens, then --tokens new tokens; the
@@ -80,11 +81,10 @@ def cell_build(work: str, layers: int) -> dict[str, Any]:
 def cell_quantize(work: str, mode: str) -> dict[str, Any]:
     import onnx
 
-    from attngraph.quantize import quantize_proto
+    from attngraph.quantize import quantize_file
 
-    proto = onnx.load_model(os.path.join(work, "fp32.onnx"), load_external_data=True)
     start = time.perf_counter()
-    proto = quantize_proto(proto, mode)
+    proto = quantize_file(os.path.join(work, "fp32.onnx"), mode)
     took = time.perf_counter() - start
     path = os.path.join(work, f"{mode}.onnx")
     big = sum(t.ByteSize() for t in proto.graph.initializer) > 1_800_000_000
@@ -162,8 +162,10 @@ def run_cell(args: argparse.Namespace, *cell: str) -> dict[str, Any]:
 
 
 def _size(work: str, mode: str) -> int:
-    base = os.path.join(work, f"{mode}.onnx")
-    return sum(os.path.getsize(p) for p in (base, base + ".data") if os.path.exists(p))
+    """The .onnx file and its external data (`<name>.data` or `<name>.<hash>.data`)."""
+    name = f"{mode}.onnx"
+    return sum(os.path.getsize(os.path.join(work, f)) for f in os.listdir(work)
+               if f == name or (f.startswith(name + ".") and f.endswith(".data")))
 
 
 def main() -> None:

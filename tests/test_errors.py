@@ -172,6 +172,19 @@ def test_unknown_target_dtype_opset(tmp_path) -> None:
         ag.export(model, model.init(), target="onnx", opset=17)
 
 
+def test_export_with_path_and_params_swapped(tmp_path) -> None:
+    model = simple_model()
+    path = str(tmp_path / "m.onnx")
+    with pytest.raises(ag.ExportError) as info:
+        ag.export(model, path, model.init())  # type: ignore[arg-type]
+    text = str(info.value)
+    assert f"params and path are swapped: call export(model, params, {path!r})" in text
+    assert "test_errors.py:" in text and os.listdir(tmp_path) == []
+    with pytest.raises(ag.ExportError, match="params must be a mapping of name -> array, "
+                                             "given list"):
+        ag.export(model, [1, 2])  # type: ignore[arg-type]
+
+
 def test_unwritable_or_missing_directory(tmp_path) -> None:
     model = simple_model()
     with pytest.raises(ag.ExportError, match="does not exist"):

@@ -88,8 +88,8 @@ def test_return_weights(target: str) -> None:
 ROUTES = [  # (options, embed, heads, the fused op the "ort" target should pick)
     ({"causal": True}, 48, 6, "GroupQueryAttention"),
     ({"window": 3}, 48, 6, "GroupQueryAttention"),
-    ({"num_kv_heads": 2}, 48, 6, "GroupQueryAttention"),
-    ({"softcap": 2.0, "window": (2, 1)}, 48, 6, "GroupQueryAttention"),
+    ({"num_kv_heads": 2}, 48, 6, "Attention"),  # GroupQueryAttention is causal only
+    ({"softcap": 2.0, "window": (2, 1)}, 48, 6, "Attention"),
     ({}, 48, 6, "MultiHeadAttention"),
     ({"window": (1, 2)}, 48, 6, "MultiHeadAttention"),
     ({"causal": True}, 30, 6, "MultiHeadAttention"),  # head_size 5: no GQA
@@ -105,7 +105,8 @@ def test_ort_routing_and_parity(opts: dict, embed: int, heads: int, op: str) -> 
     kpm = ag.input("kpm", ("batch", "seq"), "bool")
     model = ag.Model([x, kpm], ag.multi_head_attention(x, num_heads=heads, key_padding_mask=kpm,
                                                        **opts))
-    proto = ag.export(model, model.init(), target="ort")
+    # The routes of the direct form; windows default to the blocked form (test_window_blocked)
+    proto = ag.export(model, model.init(), target="ort", window_impl="direct")
     fused = [n.op_type for n in proto.graph.node if n.op_type in
              ("GroupQueryAttention", "MultiHeadAttention", "Attention")]
     assert fused == [op]

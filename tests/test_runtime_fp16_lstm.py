@@ -34,5 +34,5 @@ CHILD = textwrap.dedent("""
 def test_float16_lstm_into_dense_runs(target: str, tmp_path) -> None:
     path = tmp_path / f"lstm.{target}.onnx"
     proc = subprocess.run([sys.executable, "-c", CHILD, str(path), target],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])

@@ -21,6 +21,9 @@ import pytest
 if not (sys.platform == "linux" and platform.machine() == "x86_64"):
     pytest.skip("nvidia-pytriton ships tritonserver for Linux x86_64 only",
                 allow_module_level=True)
+if sys.version_info >= (3, 13):
+    pytest.skip("nvidia-pytriton 0.7 pins numpy < 2, which has no wheels for Python 3.13+",
+                allow_module_level=True)
 
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException

@@ -23,7 +23,7 @@ from .._decode import (
     present_names,
     share_buffer_choice,
 )
-from .._errors import ExportError
+from .._errors import ExportError, caller_location
 from .._params import check_params
 from .._registry import OPS, TARGETS
 from .._stream_plan import Plan, Step, analyze, stream_plan
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = {"ort": 23, "onnx": 23, "decomposed": 17}
 MIN_OPSET = {"ort": 17, "onnx": 23, "decomposed": 17}
 MAX_OPSET = 25
+WINDOW_IMPLS = ("auto", "blocked", "direct")
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initialisers; protobuf's hard limit is 2 GiB
 
 
@@ -62,6 +63,7 @@ def export(
     quantize: str | None = None,
     external_data: bool | None = None,
     progress: bool | None = None,
+    window_impl: str = "auto",
 ) -> onnx.ModelProto:
     """Lower `model` to ONNX with every attention layer as one fused node.
 
@@ -96,6 +98,11 @@ def export(
             protobuf limit is 2 GB). Earlier data files of the same path are removed.
         progress: show a progress bar on stderr while the weights are written (default: on
             a terminal, from 256 MiB of weights).
+        window_impl: how sliding-window attention layers are lowered: "blocked" (queries in
+            blocks attend their own and the neighbouring key blocks: O(S·W)), "direct" (the
+            whole [S, S] score matrix under a band mask: O(S²)) or "auto" (blocked when the
+            sequence is longer than twice the block size, decided at run time). Cached
+            decoding steps always use the direct form.
 
     Weights are read from `params` (a Mapping: a dict, or lazily loaded views of memory-mapped
     safetensors such as `ag.models.hf.from_pretrained` gives) one at a time when they are
@@ -117,6 +124,12 @@ def export(
     """
     from .. import __version__
 
+    if not isinstance(params, Mapping):
+        hint = ""
+        if isinstance(params, (str, os.PathLike)) and isinstance(path, Mapping):
+            hint = f"; params and path are swapped: call export(model, params, {params!r})"
+        raise ExportError(f"export: params must be a mapping of name -> array, given "
+                          f"{type(params).__name__}{hint} (at {caller_location()})")
     if target not in TARGETS:
         raise ExportError(f"export: unknown target {target!r}; expected one of {list(TARGETS)}")
     if dtype not in FLOAT_DTYPES:
@@ -135,6 +148,9 @@ def export(
             raise ExportError(f"export: directory {directory!r} does not exist (path {path!r})")
         if not os.access(directory, os.W_OK):
             raise ExportError(f"export: directory {directory!r} is not writable (path {path!r})")
+    if window_impl not in WINDOW_IMPLS:
+        raise ExportError(f"export: window_impl must be one of {list(WINDOW_IMPLS)}, "
+                          f"given {window_impl!r}")
     if not isinstance(kv_cache, bool):
         raise ExportError(f"export: kv_cache must be True or False, given {kv_cache!r}")
     if not isinstance(streaming, bool):
@@ -156,7 +172,7 @@ def export(
     kept = check_params(model.param_specs, params, lazy=True)
 
     b = Builder(target=target, opset=opset, dtype=dtype, params=ParamReader(params, kept),
-                param_key=model.param_key)
+                param_key=model.param_key, window_impl=window_impl)
     if streaming:
         graph_inputs, graph_outputs = lower_step(b, model, plan, dtype)
     elif layers is None:

@@ -29,8 +29,9 @@ class Builder:
     (`used_names`), so no node output or initialiser takes a name the user gave."""
 
     def __init__(self, *, target: str, opset: int, dtype: str,
-                 params: ParamReader, param_key: Any) -> None:
+                 params: ParamReader, param_key: Any, window_impl: str = "auto") -> None:
         self.target = target
+        self.window_impl = window_impl  # sliding windows: "auto", "blocked" or "direct"
         self.opset = opset
         self.dtype = dtype  # float dtype of the exported model
         self.np_dtype = np.dtype(dtype).newbyteorder("<")

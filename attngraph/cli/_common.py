@@ -124,3 +124,12 @@ def human_size(n: float) -> str:
             return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def token_ids(text: str) -> list[int]:
+    """--prompt's token ids, separated by spaces or commas."""
+    parts = text.replace(",", " ").split()
+    if not parts or not all(p.isdigit() for p in parts):
+        raise CLIError(f"--prompt expects token ids separated by spaces or commas, given "
+                       f"{text!r}")
+    return [int(p) for p in parts]

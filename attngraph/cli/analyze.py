@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._model import Model
-from ._common import CLIError, describe, info, model_options, positive_int
+from ._common import CLIError, describe, info, model_options, positive_int, token_ids
 from ._feeds import load_feeds, model_vocab, random_feeds
 from ._load import model_and_params
 
@@ -63,7 +63,7 @@ def _feeds(model: Model, args: argparse.Namespace) -> dict[str, np.ndarray]:
     if args.prompt is None:
         return random_feeds(model.input_types, batch=1, seq=args.seq, seed=args.seed,
                             vocab=model_vocab(model))
-    ids = _token_ids(args.prompt)
+    ids = token_ids(args.prompt)
     vocab = model_vocab(model)
     if not vocab:
         raise CLIError(f"--prompt needs a model that looks token ids up in an embedding; "
@@ -81,20 +81,13 @@ def describe_types(model: Model) -> str:
     return ", ".join(f"{k} {t}" for k, t in model.input_types.items())
 
 
-def _token_ids(text: str) -> list[int]:
-    parts = text.replace(",", " ").split()
-    if not parts or not all(p.isdigit() for p in parts):
-        raise CLIError(f"--prompt expects token ids separated by spaces or commas, given "
-                       f"{text!r}")
-    return [int(p) for p in parts]
-
 
 def _labels(args: argparse.Namespace, report: Any) -> list[str] | None:
     """Heat-map labels: --tokens, else the prompt's ids; one per query position."""
     if args.tokens is not None:
         labels = args.tokens.split()
     elif args.prompt is not None:
-        labels = [str(i) for i in _token_ids(args.prompt)]
+        labels = [str(i) for i in token_ids(args.prompt)]
     else:
         return None
     positions = next(iter(report.layers.values())).weights.shape[2]

@@ -13,7 +13,7 @@ from .._export import export
 from .._registry import TARGETS
 from ..runtime import Session
 from . import _deploy
-from ._common import SPEC_HELP, CLIError, info, positive_int, providers, verbosity
+from ._common import SPEC_HELP, info, positive_int, providers, token_ids, verbosity
 from ._load import model_and_params, require_file
 
 EXAMPLE = 'generate out/decoder.onnx --prompt "5 17 3" -n 32'
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     prompt), speed goes to stderr."""
     from ..generation import generate_stream
 
-    prompts = [_token_list(text) for text in args.prompt]
+    prompts = [token_ids(text) for text in args.prompt]
     width = max(len(p) for p in prompts)
     ids = np.zeros((len(prompts), width), np.int64)
     mask = np.zeros((len(prompts), width), np.int64)
@@ -106,10 +106,3 @@ def run(args: argparse.Namespace) -> int:
                                args))
     return 0
 
-
-def _token_list(text: str) -> list[int]:
-    parts = text.replace(",", " ").split()
-    if not parts or not all(p.isdigit() for p in parts):
-        raise CLIError(f"--prompt expects token ids separated by spaces or commas, given "
-                       f"{text!r}")
-    return [int(p) for p in parts]

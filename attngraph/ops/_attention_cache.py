@@ -13,7 +13,8 @@ every form, and rows it leaves without keys (left padding inside the prompt) bec
   - 1 and total_sequence_length = T from the attention mask; no bias, no mask tensor of size
   S x T: the op's own causal mask, window and per-row lengths say everything, and it writes
   the new keys and values into the bound buffer in place.
-- "onnx": the standard Attention op with past_key / past_value (opset 23).
+- "onnx": the standard Attention op with past_key / past_value (opset 23), and the same
+  fix-up of rows without keys.
 - "decomposed": an explicit Concat, then the MatMul / Softmax form.
 """
 
@@ -66,8 +67,8 @@ def cached_attention(b: Any, a: Attn, q: str, k: str, v: str, past_k: str, past_
     out, present_k, present_v = b.op(
         "Attention", [q, k, v, allow, past_k, past_v], outputs=3, tag="Attention",
         scale=a.scale, softcap=a.softcap, q_num_heads=a.hq, kv_num_heads=a.hkv,
-    )
-    return out, present_k, present_v
+    )  # its fully masked rows: zeros from onnxruntime 1.30 on, NaN or the mean of V before
+    return zero_dead_rows(b, a, rows_alive(b, allow), out, "3d"), present_k, present_v
 
 
 def _gqa(b: Any, a: Attn, q: str, k: str, v: str, past_k: str, past_v: str, total: str,

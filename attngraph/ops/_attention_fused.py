@@ -9,12 +9,15 @@ with an explicit mask and, where rows can be fully masked, a fix-up that writes 
   attngraph feeds an additive bias of the dtype's minimum, uses `unidirectional` only when
   Sq == Sk, and zeroes dead rows itself. No softcap, no GQA.
 - GroupQueryAttention: self-attention only (Sq == Sk without a cache), head_size % 8 == 0,
-  Dv == D; `causal` attribute (default 1); `local_window_size` W = the last W keys including
-  the query (our int window), only with causal; softcap is applied before the bias and the
-  causal mask, as DESIGN §4 wants; `attention_bias` [B|1, H|1, Sq, Sk].
+  Dv == D; causal only: onnxruntime before 1.30 knows no `causal` attribute (default 1), so
+  attngraph never writes it and sends non-causal layers and (left, right) bands to the other
+  ops; `local_window_size` W = the last W keys including the query (our int window),
+  only with causal; softcap is applied before the bias and the causal mask, as DESIGN §4
+  wants; `attention_bias` [B|1, H|1, Sq, Sk].
 - Attention (opset 23): causal is top-left when Sq != Sk without a cache, so `is_causal` is
-  used only when Sq == Sk; softcap comes before masking; fully masked rows (bool False or
-  -inf) give zeros; the mask's query axis must be full length.
+  used only when Sq == Sk; softcap comes before masking; the mask's query axis must be full
+  length. Fully masked rows (bool False or -inf) give zeros on 1.30 and newer but NaN or the
+  mean of V before, so attngraph zeroes them itself there too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ._attention_blocked import threshold
 from ._attention_graph import (
     Attn,
     additive_bias,
@@ -53,12 +57,11 @@ def fused_attention(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str
 
 
 def _gqa_fits(a: Attn) -> bool:
-    """GroupQueryAttention serves self-attention with head_size % 8 == 0 and Dv == D, and is
-    worth it for grouped heads, softcap, causal attention, a sliding window or fused RoPE."""
+    """GroupQueryAttention serves causal self-attention, with or without a sliding window, with
+    head_size % 8 == 0 and Dv == D (its non-causal mode needs onnxruntime >= 1.30)."""
     if not a.same_len or a.cross or a.d % 8 or a.dv != a.d:
         return False
-    return (a.hkv < a.hq or a.softcap is not None or a.causal or isinstance(a.window, int)
-            or rope_is_fused(a))
+    return isinstance(a.window, int) or (a.causal and a.window is None)
 
 
 def rope_is_fused(a: Attn) -> bool:
@@ -68,7 +71,10 @@ def rope_is_fused(a: Attn) -> bool:
 
 
 def uses_fused_rope(b: Any, a: Attn) -> bool:
-    return b.target == "ort" and rope_is_fused(a) and _gqa_fits(a)
+    """Whether the layer's GroupQueryAttention node rotates q and k (never in the blocked form,
+    whose blocks do not start at position 0)."""
+    return (b.target == "ort" and rope_is_fused(a) and _gqa_fits(a)
+            and threshold(b, a) is None)
 
 
 def _in_3d(b: Any, a: Attn, q: str, k: str, v: str, layout: str, fn: Any) -> str:
@@ -98,12 +104,7 @@ def _fix_rows(b: Any, a: Attn, out: str, allow: str | None, q: str, k: str,
 def _ms_gqa(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str:
     """com.microsoft.GroupQueryAttention on (B, S, H*D) tensors, no cache."""
     native_window = isinstance(a.window, int)
-    native_causal = a.causal or native_window
-    allow = allow_mask(b, a, q, k, mask, kpm, 1, positional=False)
-    if a.window is not None and not native_window:  # (left, right) band: explicit
-        band = b.unsqueeze(positional_allow(b, a, q, k, 1), [0, 1])  # (1, 1, Sq, Sk)
-        allow = band if allow is None else b.op1("And", [allow, band])
-        native_causal = False
+    allow = allow_mask(b, a, q, k, mask, kpm, 1, positional=False)  # the op is causal itself
     seq = b.dim(q, 1)  # (1,) int64
     batch = b.dim(q, 0)
     seqlens = b.op1("Expand", [b.cast(b.op1("Sub", [seq, b.ints([1])]), "int32"), batch])
@@ -118,12 +119,12 @@ def _ms_gqa(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str
     out = b.op(
         "GroupQueryAttention", inputs, outputs=3, domain="com.microsoft",
         tag="GroupQueryAttention", num_heads=a.hq, kv_num_heads=a.hkv, scale=a.scale,
-        softcap=a.softcap, causal=int(native_causal),
+        softcap=a.softcap,
         local_window_size=a.window if native_window else None,
         do_rotary=int(rotary) if rotary else None,
         rotary_interleaved=int(a.rope[2]) if rotary and a.rope else None,
     )[0]
-    return _fix_rows(b, a, out, allow, q, k, native_causal)
+    return _fix_rows(b, a, out, allow, q, k, True)
 
 
 def _ms_mha(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str:
@@ -147,7 +148,7 @@ def _ms_mha(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str) -> str
 
 def _standard(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
               layout: str) -> str:
-    """The standard ONNX Attention op (opset 23); it zeroes fully masked rows itself."""
+    """The standard ONNX Attention op (opset 23), then zeros in fully masked rows."""
     b.require_opset(23, "the standard Attention op")
     seq_axis = 1 if layout == "3d" else 2
     native_causal = a.causal and a.window is None and a.same_len
@@ -155,11 +156,17 @@ def _standard(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
     inputs = [q, k, v]
     if allow is not None:
         allow = expand_rows(b, allow, q, k, seq_axis)
+        inputs.append(allow)
         if a.mask_kind == "float":
             lead = list(range(4 - a.mask_rank))
             user = b.unsqueeze(mask, lead) if lead else mask
-            allow = b.op1("Where", [allow, user, b.const(np.array(-np.inf))])
-        inputs.append(allow)
+            inputs[3] = b.op1("Where", [allow, user, b.const(np.array(-np.inf))])
     heads = {"q_num_heads": a.hq, "kv_num_heads": a.hkv} if layout == "3d" else {}
-    return b.op1("Attention", inputs, tag="Attention", scale=a.scale,
-                 is_causal=int(native_causal), softcap=a.softcap, **heads)
+    out = b.op1("Attention", inputs, tag="Attention", scale=a.scale,
+                is_causal=int(native_causal), softcap=a.softcap, **heads)
+    if allow is None or not a.can_fully_mask:
+        return out
+    # onnxruntime before 1.30 gives NaN or the mean of V in fully masked rows
+    if native_causal:
+        allow = b.op1("And", [allow, b.unsqueeze(positional_allow(b, a, q, k, seq_axis), [0, 1])])
+    return zero_dead_rows(b, a, rows_alive(b, allow), out, layout)

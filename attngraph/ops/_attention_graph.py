@@ -33,6 +33,7 @@ class Attn:
     return_weights: bool
     cross: bool
     rope: tuple[int, float, bool] | None = None  # (rotary_dim, base, interleaved)
+    mask_shape: tuple[Any, ...] = ()  # the user mask's static shape (ints or symbols)
 
     @property
     def positional(self) -> bool:

@@ -4,7 +4,8 @@
 - "memory_efficient": keys/values streamed in chunks with an online softmax (Rabe & Staats
   2021, "Self-attention does not need O(n^2) memory"): a running row maximum m, a running
   denominator l and an unnormalised output acc are rescaled as each chunk arrives, so no
-  [Sq, Sk] array is ever held.
+  [Sq, Sk] array is ever held. With a sliding window, queries go in chunks too and each
+  query chunk skips the key chunks its window does not reach: O(Sq·W) work.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def lean_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mode: str, chunk
     """Output (B, Hq, Sq, Dv) of DESIGN §4 attention in a memory-lean `mode`.
     q (B, Hq, Sq, D), k/v already repeated to Hq heads."""
     sq, sk = q.shape[2], k.shape[2]
+    window = opts.get("window")
+    if mode == "memory_efficient" and window is None:
+        return _online(q, k, v, slice(0, sq), range(0, sk, chunk), chunk, opts)
     out = np.zeros((*q.shape[:3], v.shape[-1]), np.float32)
     if mode == "chunked":
         for start in range(0, sq, chunk):
@@ -80,11 +84,33 @@ def lean_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mode: str, chunk
             denom = e.sum(-1, keepdims=True)
             out[:, :, rows] = (e / np.where(denom == 0, 1, denom)) @ v
         return out
-    m = np.full((*q.shape[:3], 1), -np.inf, np.float32)  # running row max
-    denom = np.zeros((*q.shape[:3], 1), np.float32)  # running sum of exp(score - m)
-    for start in range(0, sk, chunk):
+    # A sliding window: each chunk of queries reads only the key chunks its window reaches,
+    # so the work is O(Sq·(W + chunk)) instead of O(Sq·Sk).
+    lo, hi = ((-(window - 1), 0) if isinstance(window, int)
+              else (-window[0], window[1]))  # type: ignore[index]
+    if opts.get("causal"):
+        hi = min(hi, 0)
+    for start in range(0, sq, chunk):
+        rows = slice(start, min(start + chunk, sq))
+        first = max(0, sk - sq + rows.start + lo)  # the first key any of these rows may read
+        last = min(sk - 1, sk - sq + rows.stop - 1 + hi)
+        cols = range(first // chunk * chunk, last + 1, chunk) if last >= first else range(0)
+        out[:, :, rows] = _online(q, k, v, rows, cols, chunk, opts)
+    return out
+
+
+def _online(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: slice, col_starts: range,
+            chunk: int, opts: dict[str, object]) -> np.ndarray:
+    """Online-softmax attention of query `rows` over the key chunks starting at `col_starts`
+    (keys outside them must be masked for these rows); rows left without keys give zeros."""
+    sq, sk = q.shape[2], k.shape[2]
+    shape = (q.shape[0], q.shape[1], rows.stop - rows.start)
+    out = np.zeros((*shape, v.shape[-1]), np.float32)
+    m = np.full((*shape, 1), -np.inf, np.float32)  # running row max
+    denom = np.zeros((*shape, 1), np.float32)  # running sum of exp(score - m)
+    for start in col_starts:
         cols = slice(start, min(start + chunk, sk))
-        scores, allow = _block(q, k, slice(0, sq), cols, sq, sk, **opts)  # type: ignore[arg-type]
+        scores, allow = _block(q, k, rows, cols, sq, sk, **opts)  # type: ignore[arg-type]
         m_new = np.maximum(m, scores.max(-1, keepdims=True))
         safe = np.where(np.isfinite(m_new), m_new, 0)
         rescale = np.where(np.isfinite(m), np.exp(m - safe), 0)  # old terms, re-based

@@ -15,6 +15,7 @@ import numpy as np
 from .._decode import looks_ahead
 from .._registry import DecodeForms, StreamForms, register
 from .._types import INT_DTYPES, TensorType, same_dim
+from ._attention_blocked import blocked_attention, threshold
 from ._attention_cache import cached_attention, decode_rope, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention
@@ -89,11 +90,15 @@ def attn_facts(node: Any, same_len: bool, hq: int, hkv: int, d: int, dv: int) ->
         mask_rank=0 if mask is None else mask.type.rank,
         has_kpm=kpm is not None, kpm_bool=kpm is not None and kpm.dtype == "bool",
         same_len=same_len, return_weights=a["return_weights"], cross=not same_len,
+        mask_shape=() if mask is None else tuple(mask.type.shape),
     )
 
 
 def _core(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: str,
           layout: str) -> list[str]:
+    above = threshold(b, a)
+    if above is not None:  # sliding window: O(S·W) blocked form (DESIGN §8)
+        return [blocked_attention(b, a, q, k, v, mask, kpm, layout, above)]
     if b.target == "decomposed":
         out, weights = decomposed_attention(b, a, q, k, v, mask, kpm, layout)
         return [out, weights] if a.return_weights else [out]
