@@ -187,10 +187,10 @@ def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
     assert {k: _release(v) for k, v in pins.items()} == {k: _release(v) for k, v in floors.items()}
     for name, floor in floors.items():
         assert _release(version(name)) >= _release(floor), (name, version(name), floor)
-    # onnxruntime < 1.30 rejects GroupQueryAttention's `causal` attribute and gives NaN or
-    # the mean of V for fully masked rows of the standard Attention op
-    assert _release(floors["onnxruntime"]) >= (1, 30)
-    assert project["requires-python"] == ">=3.11"  # onnxruntime >= 1.30 has no 3.10 wheels
+    # onnxruntime 1.24's standard Attention op misapplies masks with grouped heads and softcap
+    # after the mask; 1.23.2, the newest with Python 3.10 wheels, also miscounts windows
+    assert _release(floors["onnxruntime"]) >= (1, 29)
+    assert project["requires-python"] == ">=3.11"
     with open(os.path.join(REPO, "Makefile")) as f:
         makefile = f.read()
     assert "test-min:" in makefile and ".ci/min-versions.txt" in makefile
