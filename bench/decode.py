@@ -295,6 +295,7 @@ def main() -> int:
                         + ", ".join(COLUMNS))
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for every "
                         "engine (0: each engine's default); 1 is steadier on a busy machine")
+    parser.add_argument("--out", help="results name (default decode, decode_quick)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # shape,ctx,column,folder,threads
     args = parser.parse_args()
     if args.cell:
@@ -324,7 +325,7 @@ def main() -> int:
                             if value.get("tok_s", 0) > row.get(name, {}).get("tok_s", -1):
                                 row[name] = value
                 rows.append(summarise(row))
-    write("decode_quick" if args.quick else "decode", rows, args.threads)
+    write(args.out or ("decode_quick" if args.quick else "decode"), rows, args.threads)
     return 0
 
 

@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="GPT-2 cells only")
     ap.add_argument("--no-torch", action="store_true", help="skip torch.onnx and the builder")
     ap.add_argument("--work", help="scratch folder (default: a temporary one, removed after)")
+    ap.add_argument("--cells", help="comma-separated cells to run, in that order (a re-check; "
+                    "results go to export_cells.*)")
     ap.add_argument("--cell", choices=sorted(CELLS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cell:
@@ -354,17 +356,24 @@ def main(argv: list[str] | None = None) -> int:
         names += ["llama/write", "llama/fp32", "llama/fp16", "llama/generate"]
         if torch_ok and _have("onnxruntime_genai"):
             names.append("llama/genai")
+    if args.cells:
+        names = args.cells.split(",")
     results: dict[str, dict[str, Any]] = {}
     try:
+        outputs = {"llama/fp32": "llama_float32", "llama/genai": "llama_genai"}
         for name in names:
-            results[name] = _run_cell(name, work)
-            print(f"{name}: {results[name]}", file=sys.stderr)
+            if name in outputs:  # a repeated cell starts from an empty folder too
+                shutil.rmtree(os.path.join(work, outputs[name]), ignore_errors=True)
+            runs = sum(k.split(" ")[0] == name for k in results)
+            key = f"{name} ({runs + 1})" if runs else name
+            results[key] = _run_cell(name, work)
+            print(f"{key}: {results[key]}", file=sys.stderr)
             if name.startswith("llama/fp16"):  # free the disk: only the fp32 export is run
                 shutil.rmtree(os.path.join(work, "llama_float16"), ignore_errors=True)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    stem = "export_quick" if args.quick else "export"
+    stem = "export_cells" if args.cells else "export_quick" if args.quick else "export"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = _report(results, args.quick)
