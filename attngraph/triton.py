@@ -4,7 +4,7 @@
       name/
         config.pbtxt        max_batch_size, inputs/outputs (dims without the batch dim, -1 for
                             dynamic ones), dynamic_batching, instance_group
-        1/model.onnx        the export (+ model.onnx.data beside it when large)
+        1/model.onnx        the export (+ model.onnx.<hash>.data beside it when large)
 
 The config is written as protobuf text by hand (no tritonclient needed to write one); the tests
 parse it with Triton's own `ModelConfig` message. `read_config` reads one back (it needs
@@ -78,7 +78,7 @@ def save_triton(model: Model, params: Mapping[str, np.ndarray], repo: str | os.P
             without a dynamic leading batch dim when max_batch_size > 0.
         ExportError: the folder cannot be written (and everything `ag.export` raises).
     """
-    from ._export import export
+    from ._export import data_files, export
 
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"save_triton: name must be letters, digits, '_', '.' or '-', "
@@ -107,7 +107,7 @@ def save_triton(model: Model, params: Mapping[str, np.ndarray], repo: str | os.P
         inputs = _tensors(proto.graph.input, max_batch_size, "input")
         outputs = _tensors(proto.graph.output, max_batch_size, "output")
     except ConfigError:
-        for leftover in (onnx_path, onnx_path + ".data"):
+        for leftover in (onnx_path, *data_files(proto, onnx_path)):
             if os.path.exists(leftover):
                 os.unlink(leftover)
         raise

@@ -98,6 +98,11 @@ def test_fixed_batch_needs_max_batch_size_zero(tmp_path) -> None:
                        r"max_batch_size=0"):
         ag.save_triton(model, params, tmp_path, name="fixed", dynamic_batching=False)
     assert not os.path.exists(tmp_path / "fixed" / "1" / "model.onnx")
+    wide = ag.Model(x, {"y": ag.dense(x, 64, name="proj")}, name="wide")  # a 1.5 KiB kernel
+    with pytest.raises(ag.ConfigError):  # its external data file is removed as well
+        ag.save_triton(wide, wide.init(seed=0), tmp_path, name="wide", dynamic_batching=False,
+                       external_data=True)
+    assert os.listdir(tmp_path / "wide" / "1") == []
     folder = ag.save_triton(model, params, tmp_path, name="fixed", max_batch_size=0,
                             dynamic_batching=False)
     config = parse(folder)
