@@ -83,7 +83,12 @@ def quantize_file(path: str, mode: str, **options: Any) -> Any:
 
 
 def _int4(proto: Any, block_size: int, accuracy_level: int) -> Any:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:  # the quantizer imports onnx-ir (the `quantize` extra)
+        raise ExportError(f"quantize='int4' needs onnxruntime's int4 quantizer, which could "
+                          f"not be imported ({exc}); install it with "
+                          "pip install 'attngraph[quantize]'") from None
 
     props = list(proto.metadata_props)
     try:

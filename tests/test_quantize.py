@@ -117,10 +117,29 @@ def test_mistakes(llama) -> None:
     with pytest.raises(ag.ExportError, match="quantize goes with dtype='float32'"):
         ag.validate(model, params, {"input_ids": ids}, ["ort"], dtype="float16",
                     quantize="int8")
+    with pytest.raises(ag.ExportError, match="quantize='int8' .* needs dtype='float32'"):
+        ag.export(model, params, dtype="float16", quantize="int8")
     from attngraph.quantize import quantize_proto
 
     with pytest.raises(ag.ExportError, match="block_size must be a power of two"):
         quantize_proto(ag.export(model, params), "int4", block_size=24)
+
+
+def test_int4_without_its_quantizer_says_which_extra(llama, monkeypatch) -> None:
+    """onnxruntime's int4 quantizer imports onnx-ir; without it the user gets our error."""
+    import builtins
+
+    model, params, _ids = llama
+    real_import = builtins.__import__
+
+    def no_quantizer(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("onnxruntime.quantization.matmul_nbits_quantizer"):
+            raise ModuleNotFoundError("No module named 'onnx_ir'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_quantizer)
+    with pytest.raises(ag.ExportError, match=r"attngraph\[quantize\]"):
+        ag.export(model, params, quantize="int4")
 
 
 LM_FILE = '''

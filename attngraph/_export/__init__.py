@@ -160,6 +160,10 @@ def export(
                           "(step models), not both")
     if quantize is not None:
         check_mode(quantize, "export")
+        if quantize == "int8" and dtype != "float32":
+            raise ExportError(f"export: quantize='int8' (onnxruntime's dynamic quantization) "
+                              f"needs dtype='float32', given {dtype!r}; use quantize='int4' "
+                              "for float16 models")
     for option, value in (("external_data", external_data), ("progress", progress)):
         if value not in (None, True, False):
             raise ExportError(f"export: {option} must be True, False or None, given {value!r}")
