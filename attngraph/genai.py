@@ -94,6 +94,13 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
             f"by one position per step, while attngraph keeps windowed caches at their window "
             f"{windows}; use share_buffer=True (target 'ort', head_dim % 8 == 0)")
     ids = _token_ids(tokenizer, bos_token_id, eos_token_id, pad_token_id)
+    vocab = model.output_types[next(iter(model.output_types))].shape[-1]
+    for key, value in ids.items():
+        if any(not 0 <= v < vocab for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"save_genai: {key} must be a token id in 0..{vocab - 1} (the "
+                              f"model's vocabulary), given {value!r}")
+    # checked before anything is written, so a bad folder leaves no half-made output
+    tokenizer_files = None if tokenizer is None else _tokenizer_files(os.fspath(tokenizer))
     context = context_length if context_length is not None else _context(model)
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
         raise ConfigError(f"save_genai: context_length must be an int >= 1, given {context!r}")
@@ -107,8 +114,11 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
                      len(layers), context, ids, shared)
     text = json.dumps(config, indent=2) + "\n"
     atomic_write_bytes(os.path.join(out, "genai_config.json"), text.encode(), what="save_genai")
-    if tokenizer is not None:
-        _copy_tokenizer(os.fspath(tokenizer), out)
+    if tokenizer_files is not None:
+        for src in tokenizer_files:
+            with open(src, "rb") as f:
+                atomic_write_bytes(os.path.join(out, os.path.basename(src)), f.read(),
+                                   what="save_genai")
     return out
 
 
@@ -176,7 +186,8 @@ def _token_ids(tokenizer: Any, bos: Any, eos: Any, pad: Any) -> dict[str, Any]:
     return ids
 
 
-def _copy_tokenizer(src: str, out: str) -> None:
+def _tokenizer_files(src: str) -> list[str]:
+    """The tokenizer files in the folder `src` to copy (at least one tokenizer file)."""
     if not os.path.isdir(src):
         raise ExportError(f"save_genai: tokenizer {src!r} is not a folder")
     names = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(src, n))]
@@ -184,9 +195,7 @@ def _copy_tokenizer(src: str, out: str) -> None:
                                     "vocab.txt")):
         raise ExportError(f"save_genai: {src!r} holds no tokenizer file (looked for "
                           f"tokenizer.json, tokenizer.model, vocab.json, vocab.txt)")
-    for name in names:
-        with open(os.path.join(src, name), "rb") as f:
-            atomic_write_bytes(os.path.join(out, name), f.read(), what="save_genai")
+    return [os.path.join(src, n) for n in names]
 
 
 __all__ = ["TOKENIZER_FILES", "save_genai"]

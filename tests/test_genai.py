@@ -151,6 +151,12 @@ def test_genai_mistakes(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ag.ExportError, match="holds no tokenizer file"):
         ag.save_genai(mistral, params, tmp_path / "m", tokenizer=tmp_path / "empty")
+    with pytest.raises(ag.ExportError, match="is not a folder"):
+        ag.save_genai(mistral, params, tmp_path / "m", tokenizer=tmp_path / "nope")
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+    for bad in (-1, VOCAB):
+        with pytest.raises(ag.ConfigError, match=r"bos_token_id must be a token id in 0\.\."):
+            ag.save_genai(mistral, params, tmp_path / "m", bos_token_id=bad)
     with pytest.raises(ag.ConfigError, match="eos_token_id must be an int"):
         ag.save_genai(mistral, params, tmp_path / "m", eos_token_id="x")
     bert = ag.models.bert(vocab_size=30, hidden_size=16, num_hidden_layers=1,
