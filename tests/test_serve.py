@@ -197,10 +197,9 @@ def test_serve_concurrent_requests_batched_and_checked(repo) -> None:
     except BaseException:
         served.kill()
         raise
-    code, err, took = served.stop(signal.SIGTERM)
+    code, err, _took = served.stop(signal.SIGTERM)  # stop() fails past STOP_TIMEOUT_S
     assert code == 0, err
     assert "stopped on SIGTERM" in err
-    assert took < STOP_TIMEOUT_S
     assert not listening(served.port) and not listening(served.grpc_port)
 
 
