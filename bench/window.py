@@ -34,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import attention as common
+import _attention_measure as common  # the measurement helpers of bench/attention.py
+from _attention_driver import _short
 
 EMBED, HEADS = 512, 8
 SEQS = (128, 512, 1024, 4096, 16384, 65536)  # 128 and 512 (= 2W): the short-length goal
@@ -115,7 +116,7 @@ def worker_main(spec_json: str) -> int:
     except MemoryError:
         out = {"error": "OOM"}
     except Exception as exc:  # noqa: BLE001 - a failing cell becomes a table cell
-        out = {"error": common._short(f"{type(exc).__name__}: {exc}")}
+        out = {"error": _short(f"{type(exc).__name__}: {exc}")}
     print(json.dumps(out))
     return 0
 
@@ -182,7 +183,7 @@ def measure(cells: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[
                                   check=False)
             lines = proc.stdout.strip().splitlines()
             out = json.loads(lines[-1]) if lines else {
-                "error": common._short(proc.stderr.strip().splitlines()[-1]
+                "error": _short(proc.stderr.strip().splitlines()[-1]
                                        if proc.stderr.strip() else f"exit {proc.returncode}")}
         except subprocess.TimeoutExpired:
             out = {"error": f"timeout {args.timeout:.0f} s"}
