@@ -30,15 +30,27 @@ def test_public_api_snapshot() -> None:
 
 
 def dump(proto: onnx.ModelProto) -> str:
-    """One line per node: name, op (with domain), inputs -> outputs, sorted attributes."""
+    """One line per node: name, op (with domain), inputs -> outputs, sorted attributes; the
+    nodes of a subgraph (a Loop body) follow their node, indented."""
     lines = [f"opsets: {sorted((o.domain or 'ai.onnx', o.version) for o in proto.opset_import)}"]
-    for n in proto.graph.node:
-        attrs = ", ".join(f"{a.name}={onnx.helper.get_attribute_value(a)!r}"
-                          for a in sorted(n.attribute, key=lambda a: a.name))
-        op = f"{n.domain}.{n.op_type}" if n.domain else n.op_type
-        lines.append(f"{n.name}: {op}({', '.join(n.input)}) -> {', '.join(n.output)}"
-                     + (f" [{attrs}]" if attrs else ""))
+    _dump_nodes(proto.graph, lines, "")
     return "\n".join(lines) + "\n"
+
+
+def _dump_nodes(graph: onnx.GraphProto, lines: list[str], indent: str) -> None:
+    for n in graph.node:
+        attrs = ", ".join(f"{a.name}={onnx.helper.get_attribute_value(a)!r}"
+                          for a in sorted(n.attribute, key=lambda a: a.name)
+                          if a.type != onnx.AttributeProto.GRAPH)
+        op = f"{n.domain}.{n.op_type}" if n.domain else n.op_type
+        lines.append(f"{indent}{n.name}: {op}({', '.join(n.input)}) -> {', '.join(n.output)}"
+                     + (f" [{attrs}]" if attrs else ""))
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                body = a.g
+                lines.append(f"{indent}  {a.name}({', '.join(i.name for i in body.input)}) -> "
+                             f"{', '.join(o.name for o in body.output)}:")
+                _dump_nodes(body, lines, indent + "    ")
 
 
 def golden_model() -> ag.Model:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import numpy as np
@@ -19,6 +20,15 @@ ONNX_DTYPES = {
     "int32": TensorProto.INT32,
     "bool": TensorProto.BOOL,
 }
+
+
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of a graph, those of its subgraphs (Loop, If and Scan bodies) included."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                yield from all_nodes(sub)
 
 
 class Builder:
@@ -86,6 +96,31 @@ class Builder:
 
     def op1(self, op_type: str, inputs: list[str], **kwargs: Any) -> str:
         return self.op(op_type, inputs, **kwargs)[0]
+
+    def loop(self, trips: str, body: Callable[[str], list[str]], dtypes: list[str],
+             tag: str = "Loop") -> list[str]:
+        """A `Loop` of `trips` (int64 scalar) iterations without carried state. `body(i)` adds
+        the nodes of one iteration (i: the int64 scalar iteration number; tensors of the
+        enclosing graph are read by name) and returns its outputs, of `dtypes`; the Loop
+        returns them stacked on a new first axis."""
+        name = self._unique(f"{self.layer}/{tag}")
+        it, cond = self._unique(f"{name}/i"), self._unique(f"{name}/cond")
+        outer, self.nodes = self.nodes, []
+        try:
+            outs = body(it)
+            keep = self.op1("Identity", [cond], tag=f"{tag}/cond")
+        finally:
+            inner, self.nodes = self.nodes, outer
+        graph = helper.make_graph(
+            inner, name,
+            [helper.make_tensor_value_info(it, TensorProto.INT64, []),
+             helper.make_tensor_value_info(cond, TensorProto.BOOL, [])],
+            [helper.make_tensor_value_info(keep, TensorProto.BOOL, []),
+             *(helper.make_tensor_value_info(o, ONNX_DTYPES[d], None)
+               for o, d in zip(outs, dtypes))])
+        results = [f"{name}:{i}" for i in range(len(outs))]
+        self.nodes.append(helper.make_node("Loop", [trips, ""], results, name=name, body=graph))
+        return results
 
     def param(self, local: str) -> str:
         """The initialiser holding this layer's parameter `local`, in the model's float dtype
