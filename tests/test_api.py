@@ -31,7 +31,7 @@ def test_public_api_snapshot() -> None:
 
 def dump(proto: onnx.ModelProto) -> str:
     """One line per node: name, op (with domain), inputs -> outputs, sorted attributes; the
-    nodes of a subgraph (a Loop body) follow their node, indented."""
+    nodes of a subgraph (a Scan body) follow their node, indented."""
     lines = [f"opsets: {sorted((o.domain or 'ai.onnx', o.version) for o in proto.opset_import)}"]
     _dump_nodes(proto.graph, lines, "")
     return "\n".join(lines) + "\n"

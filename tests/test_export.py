@@ -33,7 +33,7 @@ def stack(n_layers: int = 3, **opts: object) -> ag.Model:
 @pytest.mark.parametrize("target", ["ort", "onnx"])
 def test_one_fused_node_per_attention_layer_and_no_softmax(target: str, opts: dict) -> None:
     proto = ag.export(stack(3, **opts), stack(3, **opts).init(), target=target)
-    ops = [n.op_type for n in all_nodes(proto.graph)]  # windows: the node is in a Loop body
+    ops = [n.op_type for n in all_nodes(proto.graph)]  # windows: the node is in a Scan body
     assert sum(op in FUSED for op in ops) == 3, ops
     assert "Softmax" not in ops
 

@@ -58,7 +58,7 @@ def test_preset_parity_and_fused_nodes(name: str, target: str) -> None:
     assert_parity(model, params, feeds, target)
     if target != "decomposed":
         proto = ag.export(model, params, target=target)
-        ops = [n.op_type for n in all_nodes(proto.graph)]  # windows: in a Loop body
+        ops = [n.op_type for n in all_nodes(proto.graph)]  # windows: in a Scan body
         assert sum(op in FUSED for op in ops) == n_attention
         assert "Softmax" not in ops
 

@@ -1,10 +1,10 @@
 """The blocked form of sliding-window attention (DESIGN §8) on every target.
 
 Every test exports with `window_impl="blocked"` (checked: the graph runs the blocks in a
-Loop), compares onnxruntime with the reference interpreter, and first checks that the feature
+Scan), compares onnxruntime with the reference interpreter, and first checks that the feature
 it covers changes the reference output, so a blocked form that dropped it would fail.
 Windows of 3 keys use blocks of 8 positions, so S = 7, 8, 9, 17 are the block edges
-b - 1, b, b + 1, 2b + 1. Every test runs twice: with all blocks in one Loop iteration, and with
+b - 1, b, b + 1, 2b + 1. Every test runs twice: with all blocks in one Scan iteration, and with
 groups of 2 blocks per iteration (several iterations from S = 17 on, the last one padded), the
 path long sequences take.
 """
@@ -26,7 +26,7 @@ B, HQ, HKV, D = 2, 6, 2, 8
 
 @pytest.fixture(autouse=True, params=["one_group", "groups_of_2"])
 def groups(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    """Query positions per Loop iteration: the default, or 16 (2 blocks of 8)."""
+    """Query positions per Scan iteration: the default, or 16 (2 blocks of 8)."""
     positions = _attention_blocked.GROUP_POSITIONS if request.param == "one_group" else 16
     monkeypatch.setattr(_attention_blocked, "GROUP_POSITIONS", positions)
     return positions
@@ -36,7 +36,7 @@ def run(model: ag.Model, params: dict, feeds: dict, target: str, impl: str = "bl
         dtype: str = "float32") -> np.ndarray:
     proto = ag.export(model, params, target=target, window_impl=impl, dtype=dtype)
     ops = [n.op_type for n in proto.graph.node]
-    assert ("Loop" in ops) == (impl == "blocked"), f"{impl} form expected, got {ops}"
+    assert ("Scan" in ops) == (impl == "blocked"), f"{impl} form expected, got {ops}"
     return ag.Session(proto, ["CPUExecutionProvider"]).run(feeds)["output"]
 
 
@@ -91,22 +91,22 @@ def test_block_size_covers_the_window() -> None:
 
 
 def test_each_iteration_holds_one_group(target: str, groups: int) -> None:
-    """The Loop runs one iteration per (batch row, group of blocks): its stacked output is
+    """The Scan runs one iteration per (batch row, group of blocks): its stacked output is
     [B · groups, per · bs, Hq · D], so only one group's scores are alive at a time."""
     import onnx
 
     seq, bs = 40, 8  # 5 blocks
     model = sdpa(seq, seq, window=3)
     proto = ag.export(model, {}, target=target, window_impl="blocked")
-    (loop,) = [n for n in proto.graph.node if n.op_type == "Loop"]
-    proto.graph.output.append(onnx.helper.make_tensor_value_info(loop.output[0],
+    (scan,) = [n for n in proto.graph.node if n.op_type == "Scan"]
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(scan.output[0],
                                                                  onnx.TensorProto.FLOAT, None))
     feeds = qkv(seq, seq)
     outs = ag.Session(proto, ["CPUExecutionProvider"]).run(feeds)
     per_group = max(1, groups // bs)  # blocks per group at most
     n_groups = -(-5 // per_group)
     per = -(-5 // n_groups)
-    assert outs[loop.output[0]].shape == (B * n_groups, per * bs, HQ * D)
+    assert outs[scan.output[0]].shape == (B * n_groups, per * bs, HQ * D)
     np.testing.assert_allclose(outs["output"], model.predict({}, feeds)["output"], atol=1e-4)
 
 
@@ -258,9 +258,9 @@ def test_one_fused_node_per_windowed_layer(target: str, impl: str) -> None:
         h = ag.add(h, ag.multi_head_attention(h, num_heads=4, window=window, name=f"l{i}"))
     model = ag.Model(x, h)
     proto = ag.export(model, model.init(), target=target, window_impl=impl)
-    ops = [n.op_type for n in all_nodes(proto.graph)]  # Loop bodies included
+    ops = [n.op_type for n in all_nodes(proto.graph)]  # Scan bodies included
     assert sum(op in FUSED for op in ops) == 4 and "Softmax" not in ops, ops
-    assert not any(op in FUSED for op in (n.op_type for n in proto.graph.node))  # in Loops
+    assert not any(op in FUSED for op in (n.op_type for n in proto.graph.node))  # in Scans
     feeds = {"x": randn(1, 150, 24)}
     got = ag.Session(proto, ["CPUExecutionProvider"]).run(feeds)["output"]
     np.testing.assert_allclose(got, model.predict(model.init(), feeds)["output"], atol=1e-4)

@@ -97,29 +97,29 @@ class Builder:
     def op1(self, op_type: str, inputs: list[str], **kwargs: Any) -> str:
         return self.op(op_type, inputs, **kwargs)[0]
 
-    def loop(self, trips: str, body: Callable[[str], list[str]], dtypes: list[str],
-             tag: str = "Loop") -> list[str]:
-        """A `Loop` of `trips` (int64 scalar) iterations without carried state. `body(i)` adds
-        the nodes of one iteration (i: the int64 scalar iteration number; tensors of the
-        enclosing graph are read by name) and returns its outputs, of `dtypes`; the Loop
-        returns them stacked on a new first axis."""
+    def scan(self, count: str, body: Callable[[str], list[str]], dtypes: list[str],
+             tag: str = "Scan") -> list[str]:
+        """A `Scan` over i = 0 .. count - 1 (count: an int64 scalar) without carried state.
+        `body(i)` adds the nodes of one iteration (i: the iteration number, an int64 scalar;
+        tensors of the enclosing graph are read by name) and returns its outputs, of
+        `dtypes`; the Scan returns them stacked on a new first axis. (onnxruntime writes each
+        iteration's outputs straight into the stacked result; a `Loop` keeps them all and
+        copies them at the end: twice the memory.)"""
         name = self._unique(f"{self.layer}/{tag}")
-        it, cond = self._unique(f"{name}/i"), self._unique(f"{name}/cond")
+        it = self._unique(f"{name}/i")
+        steps = self.op1("Range", [self.const(np.array(0)), count, self.const(np.array(1))],
+                         tag=f"{tag}/steps")
         outer, self.nodes = self.nodes, []
         try:
             outs = body(it)
-            keep = self.op1("Identity", [cond], tag=f"{tag}/cond")
         finally:
             inner, self.nodes = self.nodes, outer
         graph = helper.make_graph(
-            inner, name,
-            [helper.make_tensor_value_info(it, TensorProto.INT64, []),
-             helper.make_tensor_value_info(cond, TensorProto.BOOL, [])],
-            [helper.make_tensor_value_info(keep, TensorProto.BOOL, []),
-             *(helper.make_tensor_value_info(o, ONNX_DTYPES[d], None)
-               for o, d in zip(outs, dtypes))])
+            inner, name, [helper.make_tensor_value_info(it, TensorProto.INT64, [])],
+            [helper.make_tensor_value_info(o, ONNX_DTYPES[d], None) for o, d in zip(outs, dtypes)])
         results = [f"{name}:{i}" for i in range(len(outs))]
-        self.nodes.append(helper.make_node("Loop", [trips, ""], results, name=name, body=graph))
+        self.nodes.append(helper.make_node("Scan", [steps], results, name=name, body=graph,
+                                           num_scan_inputs=1))
         return results
 
     def param(self, local: str) -> str:

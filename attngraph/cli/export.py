@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                    share_buffer=share if args.kv_cache else None, streaming=args.streaming,
                    quantize=args.quantize, progress=None if verbosity() else False)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    fused = sum(n.op_type in FUSED_ATTENTION_OPS for n in all_nodes(proto.graph))  # + Loop bodies
+    fused = sum(n.op_type in FUSED_ATTENTION_OPS for n in all_nodes(proto.graph))  # + Scan bodies
     size = os.path.getsize(args.output)
     size += sum(os.path.getsize(f) for f in data_files(proto, args.output))
     print(f"wrote {args.output}: target {args.target}, opset {opset}, "

@@ -2,7 +2,7 @@
 
 The sequence is cut into blocks of `bs` positions. The queries of block j attend only the keys
 of blocks j - nl .. j + nr (nl, nr = how many blocks the window reaches back and ahead). The
-blocks are processed in groups of `per` blocks by one ONNX `Loop` over (batch row, group): each
+blocks are processed in groups of `per` blocks by one ONNX `Scan` over (batch row, group): each
 iteration cuts its queries [per, bs, Hq·D] and their neighbour key windows [per, kb, Hkv·D]
 (kb = (nl+1+nr)·bs) out of the projected tensors and runs the layer's one fused attention node
 under an additive mask [per, 1|Hm, bs, kb]: 0 where allowed, -inf elsewhere. That mask is the
@@ -38,7 +38,7 @@ from ._attention_blocked_parts import (
 )
 from ._attention_graph import Attn, decomposed_attention, from_heads, to_heads
 
-# Query positions per Loop iteration: the scores alive at once are GROUP_POSITIONS·Hq·kb
+# Query positions per Scan iteration: the scores alive at once are GROUP_POSITIONS·Hq·kb
 # floats (4,096 · 8 heads · 384 slots · 4 bytes = 48 MiB for the benchmark layer). Tests
 # lower it to run several groups at small sizes.
 GROUP_POSITIONS = 1024
@@ -53,7 +53,7 @@ class Plan:
     hi: int
     nl: int  # neighbour blocks before
     nr: int  # neighbour blocks after
-    group: int  # at most this many blocks per Loop iteration
+    group: int  # at most this many blocks per Scan iteration
 
 
 def reach(a: Attn) -> tuple[int, int] | None:
@@ -206,7 +206,7 @@ def blocked_attention(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: s
         out = _attend(b, a, qg, kg, vg, m)  # (per, bs, Hq·Dv)
         return [b.reshape(out, [-1, a.hq * a.dv])]  # (per·bs, Hq·Dv)
 
-    (out,) = b.loop(trips, body, [b.dtype], tag="blocks")  # (B·groups, per·bs, Hq·Dv)
+    (out,) = b.scan(trips, body, [b.dtype], tag="blocks")  # (B·groups, per·bs, Hq·Dv)
     out = b.reshape(out, b.concat([batch, b.ints([-1, a.hq * a.dv])], 0))  # (B, nb·bs, Hq·Dv)
     out = b.op1("Slice", [out, g.fq, _i(b, "Add", g.fq, g.sq), b.ints([1])])  # (B, Sq, Hq·Dv)
     return out if layout == "3d" else to_heads(b, out, a.hq, a.dv)  # (B, Hq, Sq, Dv)

@@ -18,7 +18,7 @@ def _i(b: Any, op: str, x: str, y: str) -> str:
 
 def times(b: Any, n: int, x: str) -> str:
     """n · x for a static n (no Mul by 0 or 1: onnxruntime folds those, and cannot rename the
-    folded tensor where the Loop body reads it)."""
+    folded tensor where the Scan body reads it)."""
     return b.ints([0]) if n == 0 else x if n == 1 else _i(b, "Mul", b.ints([n]), x)
 
 
@@ -41,7 +41,7 @@ class Grid:
     nle: str  # neighbour blocks before a block's own keys: nl · multi
     nre: str  # after: nr · multi
     kb: str  # key slots of a block: bs · (1 + nle + nre)
-    groups: str  # Loop iterations per batch row
+    groups: str  # Scan iterations per batch row
     per: str  # blocks per group
     tail: str  # nb · bs - L
 
