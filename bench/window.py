@@ -173,7 +173,7 @@ def measure(cells: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[
     results = []
     for n, cell in enumerate(cells, 1):
         spec = {**cell, "threads": args.threads, "memory_gib": args.memory_gib,
-                "min_runs": 3, "max_runs": 10, "budget_s": args.budget}
+                "min_runs": 3, "max_runs": 300, "budget_s": args.budget}
         print(f"[{n}/{len(cells)}] W={cell['window']} S={cell['seq']} {cell['row']}",
               file=sys.stderr, flush=True)
         t0 = time.perf_counter()

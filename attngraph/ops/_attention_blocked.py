@@ -32,7 +32,6 @@ from ._attention_blocked_parts import (
     _i,
     _range,
     allowed_bias,
-    key_bias,
     times,
     user_bias,
 )
@@ -67,22 +66,23 @@ def reach(a: Attn) -> tuple[int, int] | None:
 
 
 def block_size(window: int | tuple[int, int], causal: bool = False) -> int:
-    """The block size of the blocked form for a window that reaches `far` positions: half of
-    `far` when that is 64 or more, else `far` (a multiple of 8 either way).
+    """The block size of the blocked form for a window that reaches `far` positions: `far`
+    up to MIN_BLOCK, else an eighth of it but at least MIN_BLOCK (a multiple of 8 either way).
 
-    Half-reach blocks need two neighbour blocks instead of one, so a block reads 3·bs = 1.5·far
-    key slots instead of 2·far: 25% fewer scores. Measured on the benchmark layer (W = 256,
-    S = 16,384, onnxruntime, 2 threads): blocks of 128 run the layer in 0.87x the time of
-    blocks of 256; blocks of 64 (4 neighbours) lose again to per-block overheads."""
+    Smaller blocks waste fewer scores: a block of b reads b·(1 + ceil(far / b)) key slots per
+    b queries, where far + 1 would do. Below 64 positions, per-block overheads win. Measured on
+    the benchmark layer (W = 256, S = 16,384, onnxruntime, 2 threads, one process, runs
+    interleaved): blocks of 64 run the layer in 0.92x the time of blocks of 128, 0.6x of 256,
+    and 0.95x of 32; at W = 1,024, blocks of 128 beat 64 and 256 by 5-10%."""
     if isinstance(window, int):
         far = window - 1
     else:
         far = max(window[0], 0 if causal else window[1])
-    size = -(-far // 2) if far >= 2 * MIN_HALF_BLOCK else far
+    size = far if far <= MIN_BLOCK else max(MIN_BLOCK, -(-far // 8))
     return max(8, -(-size // 8) * 8)
 
 
-MIN_HALF_BLOCK = 64
+MIN_BLOCK = 64
 
 
 def plan(a: Attn) -> Plan | None:
@@ -119,7 +119,8 @@ def grid(b: Any, a: Attn, p: Plan, q: str, k: str, threshold: int) -> Grid:
     nle, nre = times(b, p.nl, multi), times(b, p.nr, multi)
     kb = _i(b, "Mul", bs, _i(b, "Add", one, _i(b, "Add", nle, nre)))
     tail = _i(b, "Sub", _i(b, "Mul", nb, bs), length)
-    return Grid(sq, sk, length, fq, fk, bs, nb, multi, nle, nre, kb, groups, per, tail)
+    return Grid(sq, sk, length, fq, fk, bs, nb, multi, nle, nre, kb, _i(b, "Mul", nle, bs),
+                _range(b, kb), groups, per, tail)
 
 
 def _ceil(b: Any, x: str, y: str) -> str:
@@ -128,10 +129,10 @@ def _ceil(b: Any, x: str, y: str) -> str:
 
 def band(b: Any, p: Plan, g: Grid) -> str:
     """Float (bs, kb), 0 or -inf: key slot c of a block's keys holds position
-    j·bs + c - nle·bs for the query in row r at position j·bs + r; allowed when
-    lo <= c - nle·bs - r <= hi."""
+    j·bs + c - lead for the query in row r at position j·bs + r; allowed when
+    lo <= c - lead - r <= hi."""
     rows = _range(b, g.bs)
-    cols = b.op1("Sub", [_range(b, g.kb), _i(b, "Mul", g.nle, g.bs)])
+    cols = b.op1("Sub", [g.slots, g.lead])
     diff = b.op1("Sub", [b.unsqueeze(cols, [0]), b.unsqueeze(rows, [1])])  # (bs, kb)
     lo = b.op1("GreaterOrEqual", [diff, b.const(np.array(p.lo))])
     hi = b.op1("LessOrEqual", [diff, b.const(np.array(p.hi))])
@@ -141,12 +142,13 @@ def band(b: Any, p: Plan, g: Grid) -> str:
 # -- one iteration -----------------------------------------------------------------------------
 
 
-def at_rows(b: Any, offsets: str, start: str, row: str, n: str, last: str) -> str:
-    """Row indices into a (B·n, C) tensor: batch row `row`, sequence positions start + offsets
-    clamped to 0 .. last (= n - 1)."""
+def at_rows(b: Any, offsets: str, start: str, row: str, n: str,
+            last: str) -> tuple[str, str, str]:
+    """Row indices into a (B·n, C) tensor for sequence positions start + offsets of batch row
+    `row`, clamped to 0 .. last (= n - 1); also the clamped positions and the raw ones."""
     pos = b.op1("Add", [offsets, start])
-    pos = b.op1("Min", [b.op1("Max", [pos, b.ints([0])]), last])
-    return b.op1("Add", [pos, _i(b, "Mul", row, n)])
+    at = b.op1("Min", [b.op1("Max", [pos, b.ints([0])]), last])
+    return b.op1("Add", [at, _i(b, "Mul", row, n)]), at, pos
 
 
 def group_slice(b: Any, x: str, row: str, first: str, per: str, batched: bool) -> str:
@@ -170,10 +172,12 @@ def blocked_attention(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: s
                    ((q, a.hq, a.d), (k, a.hkv, a.d), (v, a.hkv, a.dv)))  # (B, S, H·D)
     g = grid(b, a, p, q, k, threshold)
     bias = band(b, p, g)  # (bs, kb)
-    keys, keys_batched = key_bias(b, a, p.nl, p.nr, g, k, kpm)  # (B|1, nb, 1, 1, kb)
+    if a.has_kpm:  # (B·Sk,): 0 where the key padding mask allows a key, -inf elsewhere
+        padding = b.reshape(allowed_bias(b, kpm if a.kpm_bool else b.cast(kpm, "bool")), [-1])
     user = user_bias(b, a, p.nl, p.nr, g, mask) if a.mask_kind is not None else None
     batch = b.dim(q, 0)
-    some = _i(b, "Min", _i(b, "Mul", g.sq, g.sk), b.ints([1]))  # no rows to read: no trips
+    some = _i(b, "Min", g.sq if a.same_len else _i(b, "Mul", g.sq, g.sk),
+              b.ints([1]))  # no rows to read: no trips
     trips = b.reshape(_i(b, "Mul", _i(b, "Mul", batch, g.groups), some),
                       b.ints([], tag="scalar_shape"))
     span = _i(b, "Mul", g.per, g.bs)  # query positions per group
@@ -182,8 +186,7 @@ def blocked_attention(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: s
     # the key bias never lets a query see them, and query rows there are dropped.
     qoff = _range(b, span)  # (per·bs,): query grid positions from the group's start
     koff = b.op1("Add", [b.unsqueeze(b.op1("Mul", [_range(b, g.per), g.bs]), [1]),
-                         b.unsqueeze(b.op1("Sub", [_range(b, g.kb), _i(b, "Mul", g.nle, g.bs)]),
-                                     [0])])  # (per, kb): key grid positions from its start
+                         b.unsqueeze(b.op1("Sub", [g.slots, g.lead]), [0])])  # (per, kb)
     qlast, klast = _i(b, "Sub", g.sq, b.ints([1])), _i(b, "Sub", g.sk, b.ints([1]))
     qf, kf, vf = (b.reshape(t, [-1, c]) for t, c in
                   ((q, a.hq * a.d), (k, a.hkv * a.d), (v, a.hkv * a.dv)))  # (B·S, C)
@@ -195,20 +198,26 @@ def blocked_attention(b: Any, a: Attn, q: str, k: str, v: str, mask: str, kpm: s
         start = _i(b, "Mul", first, g.bs)  # and its first grid position
         qstart, kstart = (start, start) if a.same_len else \
             (_i(b, "Sub", start, g.fq), _i(b, "Sub", start, g.fk))
-        qi = at_rows(b, qoff, qstart, row, g.sq, qlast)
+        qi, _, _ = at_rows(b, qoff, qstart, row, g.sq, qlast)
         qg = b.reshape(b.op1("Gather", [qf, qi], axis=0),
                        b.concat([g.per, g.bs, b.ints([a.hq * a.d])], 0))  # (per, bs, Hq·D)
-        ki = at_rows(b, koff, kstart, row, g.sk, klast)  # (per, kb)
+        ki, kat, kpos = at_rows(b, koff, kstart, row, g.sk, klast)  # (per, kb)
+        # key slots outside the sequence (where clamping moved them) and padded keys: -inf
+        keys = allowed_bias(b, b.op1("Equal", [kat, kpos]))
+        if a.has_kpm:
+            keys = b.op1("Add", [keys, b.op1("Gather", [padding, ki], axis=0)])
+        keys = b.unsqueeze(keys, [1, 2])  # (per, 1, 1, kb)
         kg, vg = (b.op1("Gather", [t, ki], axis=0) for t in (kf, vf))  # (per, kb, C)
-        m = b.op1("Add", [bias, group_slice(b, keys, row, first, g.per, keys_batched)])
+        m = b.op1("Add", [bias, keys])
         if user is not None:  # (per, 1|Hm, bs, kb)
             m = b.op1("Add", [m, group_slice(b, user[0], row, first, g.per, user[1])])
-        out = _attend(b, a, qg, kg, vg, m)  # (per, bs, Hq·Dv)
-        return [b.reshape(out, [-1, a.hq * a.dv])]  # (per·bs, Hq·Dv)
+        # the body's output as the op makes it: a Reshape here would copy it into the Scan's
+        return [_attend(b, a, qg, kg, vg, m)]  # (per, bs, Hq·Dv)
 
-    (out,) = b.scan(trips, body, [b.dtype], tag="blocks")  # (B·groups, per·bs, Hq·Dv)
+    (out,) = b.scan(trips, body, [b.dtype], tag="blocks")  # (B·groups, per, bs, Hq·Dv)
     out = b.reshape(out, b.concat([batch, b.ints([-1, a.hq * a.dv])], 0))  # (B, nb·bs, Hq·Dv)
-    out = b.op1("Slice", [out, g.fq, _i(b, "Add", g.fq, g.sq), b.ints([1])])  # (B, Sq, Hq·Dv)
+    end = g.sq if a.same_len else _i(b, "Add", g.fq, g.sq)
+    out = b.op1("Slice", [out, g.fq, end, b.ints([1])])  # (B, Sq, Hq·Dv)
     return out if layout == "3d" else to_heads(b, out, a.hq, a.dv)  # (B, Hq, Sq, Dv)
 
 
@@ -230,20 +239,30 @@ def threshold(b: Any, a: Attn) -> int | None:
     """Sequence length above which a windowed layer runs blocked; None = the direct form.
 
     `window_impl="direct"` keeps the direct form, "blocked" blocks at every length (0). "auto"
-    blocks above AUTO_BLOCKS_ABOVE · block: up to there the same graph takes one block of the
-    whole sequence, which is the direct computation (see `grid`)."""
+    blocks above AUTO_SLOTS · kb (kb: the key slots one block reads): up to there the same graph
+    takes one block of the whole sequence, which is the direct computation (see `grid`)."""
     impl = getattr(b, "window_impl", "auto")
     if a.window is None or a.return_weights or impl == "direct":
         return None
     if impl == "blocked":
         return 0
-    return AUTO_BLOCKS_ABOVE * block_size(a.window, a.causal)
+    p = plan(a)
+    assert p is not None
+    return int(AUTO_SLOTS * p.block * (1 + p.nl + p.nr))
 
 
-# Why "auto" chooses at run time inside one graph rather than with an ONNX `If`: an `If` would
-# hold two fused attention nodes per layer (one per branch), and the graph above already runs
-# the direct computation when the sequence is short. (Measurements: bench/README.md.)
-AUTO_BLOCKS_ABOVE = 3
+# How "auto" chooses. One block of L positions computes L² scores; blocks compute L·kb plus a
+# per-block price, so blocks win once L is a small multiple of kb. Measured on the benchmark
+# layer (one process, runs interleaved, median ms; bench/window.py's shape):
+#   W = 256 (blocks of 64, kb = 320): S = 256: one block 7.6, blocks 11.0; S = 384: 19.1 and
+#   20.0; S = 512: 30.4 and 25.9.  W = 60 (blocks of 64, kb = 128): S = 192: 4.9 and 4.1;
+#   S = 256: 14.0 and 6.9.
+# So "auto" blocks above 1.5·kb (480 and 192 positions). At or below it the one-block graph
+# costs what the direct form (onnxruntime's GroupQueryAttention, local_window_size) costs:
+# within 5% at S = 64 .. 256, and faster from 384 on.
+# It chooses at run time inside one graph rather than with an ONNX `If` because an `If` would
+# hold two fused attention nodes per layer (one per branch).
+AUTO_SLOTS = 1.5
 
 
 __all__ = ["GROUP_POSITIONS", "Grid", "Plan", "block_size", "blocked_attention", "plan",

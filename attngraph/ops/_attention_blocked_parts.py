@@ -41,6 +41,8 @@ class Grid:
     nle: str  # neighbour blocks before a block's own keys: nl · multi
     nre: str  # after: nr · multi
     kb: str  # key slots of a block: bs · (1 + nle + nre)
+    lead: str  # nle · bs: key slot c of block j holds grid position j·bs - lead + c
+    slots: str  # (kb,) 0 .. kb - 1
     groups: str  # Scan iterations per batch row
     per: str  # blocks per group
     tail: str  # nb · bs - L
@@ -72,21 +74,9 @@ def pad_keys(b: Any, g: Grid, x: str, value: str) -> str:
     """(X, Sk, C) -> (X, (nb + nle + nre)·bs, C): keys on the grid with room for the first
     block's neighbours before and the last block's after."""
     z = b.ints([0])
-    front = _i(b, "Add", g.fk, _i(b, "Mul", g.nle, g.bs))
+    front = _i(b, "Add", g.fk, g.lead)
     back = _i(b, "Add", g.tail, _i(b, "Mul", g.nre, g.bs))
     return b.op1("Pad", [x, b.concat([z, front, z, z, back, z], 0), value])
-
-
-def key_bias(b: Any, a: Attn, nl: int, nr: int, g: Grid, k: str, kpm: str) -> tuple[str, bool]:
-    """Float (B|1, nb, 1, 1, kb): 0 where key slot c of block j holds a key that exists (and
-    the key padding mask allows), -inf elsewhere; and whether it has a batch axis."""
-    if a.has_kpm:
-        ok = allowed_bias(b, kpm if a.kpm_bool else b.cast(kpm, "bool"))  # (B, Sk)
-    else:
-        ok = b.op1("Expand", [b.const(np.array(0.0)), b.concat([b.ints([1]), g.sk], 0)])
-    ok = pad_keys(b, g, b.unsqueeze(ok, [2]), b.const(np.array(-np.inf)))  # (X, ·, 1)
-    blocks = windows(b, nl, nr, g, ok, g.nb)  # (X, nb, kb, 1)
-    return b.reshape(blocks, b.concat([b.ints([0, 0, 1, 1]), g.kb], 0)), a.has_kpm
 
 
 def user_bias(b: Any, a: Attn, nl: int, nr: int, g: Grid, mask: str) -> tuple[str, bool]:
@@ -114,7 +104,7 @@ def _rows_of_full(b: Any, g: Grid, m: str) -> str:
     x = b.transpose(m, [0, 2, 3, 1])  # (Bm, Sq, Sk, Hm): rows on axis 1, like the queries
     z, zero = b.ints([0]), b.const(np.array(0.0))
     x = b.op1("Pad", [x, b.concat([z, g.fq, z, z, z, g.tail, z, z], 0), zero])  # rows on grid
-    front = _i(b, "Add", g.fk, _i(b, "Mul", g.nle, g.bs))
+    front = _i(b, "Add", g.fk, g.lead)
     back = _i(b, "Add", g.tail, _i(b, "Mul", g.nre, g.bs))
     x = b.op1("Pad", [x, b.concat([z, z, front, z, z, z, back, z], 0),
                       zero])  # (Bm, nb·bs, Wp, Hm): column = grid position + nle·bs
@@ -122,7 +112,7 @@ def _rows_of_full(b: Any, g: Grid, m: str) -> str:
     x = b.reshape(x, b.concat([b.ints([0, 0]), g.nb, g.bs, b.ints([-1])], 0))
     # key slot c of block j holds grid position (j - nle)·bs + c: column j·bs + c
     base = b.op1("Mul", [_range(b, g.nb), g.bs])  # (nb,)
-    idx = b.op1("Add", [b.unsqueeze(base, [1]), b.unsqueeze(_range(b, g.kb), [0])])  # (nb, kb)
+    idx = b.op1("Add", [b.unsqueeze(base, [1]), b.unsqueeze(g.slots, [0])])  # (nb, kb)
     idx = b.unsqueeze(idx, [0, 1, 3])  # (1, 1, nb, 1, kb)
     full = b.concat([b.op1("Shape", [x], start=0, end=4), g.kb], 0)
     idx = b.op1("Expand", [idx, full])  # (Bm, Hm, nb, bs, kb)
