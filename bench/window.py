@@ -1,10 +1,10 @@
 """Benchmark sliding-window attention at long sequences: blocked vs direct, every target.
 
 One ``multi_head_attention`` layer (embed 512, 8 heads, causal window W, batch 1) at
-W = 60 and 256 and S = 1,024 .. 65,536, exported for every target with
-``window_impl="auto"`` (the default: blocked above 2 blocks) and, on "ort", also with
-``window_impl="direct"`` (the O(S²) form onnxruntime's GroupQueryAttention masks: the
-state before the blocked form). PyTorch (the same projections + SDPA on a band mask) is added
+W = 60 and 256 and S = 128 .. 65,536, exported for every target with
+``window_impl="auto"`` (the default: blocked above 1.5x a block's key slots) and, on "ort",
+also with ``window_impl="direct"`` (the O(S²) form onnxruntime's GroupQueryAttention masks:
+the state before the blocked form). PyTorch (the same projections + SDPA on a band mask) is added
 when ``import torch`` works. The Edifice ``sliding_window`` preset (its defaults, embed 256)
 runs at S = 4,096 and 65,536. Every cell runs in its own process:
 
