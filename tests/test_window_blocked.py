@@ -267,6 +267,20 @@ def test_one_fused_node_per_windowed_layer(target: str, impl: str) -> None:
     np.testing.assert_allclose(got, model.predict(model.init(), feeds)["output"], atol=1e-4)
 
 
+def test_auto_keeps_the_direct_form_below_opset_23_on_ort() -> None:
+    """The blocked form needs the standard Attention op (opset 23); "auto" falls back to the
+    direct form there, "blocked" says what is missing."""
+    model = mha(window=3)
+    params = model.init(seed=9)
+    proto = ag.export(model, params, target="ort", opset=21)
+    assert "Scan" not in [n.op_type for n in proto.graph.node]
+    feeds = {"x": randn(B, 40, 48, seed=10)}
+    got = ag.Session(proto, ["CPUExecutionProvider"]).run(feeds)["output"]
+    np.testing.assert_allclose(got, model.predict(params, feeds)["output"], atol=1e-4)
+    with pytest.raises(ag.UnsupportedError, match="opset 23"):
+        ag.export(model, params, target="ort", opset=21, window_impl="blocked")
+
+
 def test_bad_window_impl() -> None:
     model = mha(window=3)
     with pytest.raises(ag.ExportError, match="window_impl must be one of"):

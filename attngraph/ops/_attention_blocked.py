@@ -239,13 +239,16 @@ def threshold(b: Any, a: Attn) -> int | None:
     """Sequence length above which a windowed layer runs blocked; None = the direct form.
 
     `window_impl="direct"` keeps the direct form, "blocked" blocks at every length (0). "auto"
-    blocks above AUTO_SLOTS · kb (kb: the key slots one block reads): up to there the same graph
+    keeps the direct form on "ort" below opset 23 (the blocked form needs the standard
+    Attention op there) and otherwise blocks above AUTO_SLOTS · kb (kb: the key slots one block reads): up to there the same graph
     takes one block of the whole sequence, which is the direct computation (see `grid`)."""
     impl = getattr(b, "window_impl", "auto")
     if a.window is None or a.return_weights or impl == "direct":
         return None
     if impl == "blocked":
         return 0
+    if b.target != "decomposed" and b.opset < 23:  # no standard Attention op to block with
+        return None
     p = plan(a)
     assert p is not None
     return int(AUTO_SLOTS * p.block * (1 + p.nl + p.nr))
