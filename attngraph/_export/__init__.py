@@ -99,10 +99,11 @@ def export(
         progress: show a progress bar on stderr while the weights are written (default: on
             a terminal, from 256 MiB of weights).
         window_impl: how sliding-window attention layers are lowered: "blocked" (queries in
-            blocks attend their own and the neighbouring key blocks: O(S·W)), "direct" (the
-            whole [S, S] score matrix under a band mask: O(S²)) or "auto" (blocked when the
-            sequence is longer than twice the block size, decided at run time). Cached
-            decoding steps always use the direct form.
+            blocks attend their own and the neighbouring key blocks, a group of blocks at a
+            time in a Scan: O(S·W) time, O(S) memory), "direct" (the whole [S, S] score
+            matrix under a band mask: O(S²)) or "auto" (blocked when the sequence is longer
+            than 1.5x the keys one block reads, decided at run time; direct on "ort" below
+            opset 23). Cached decoding steps always use the direct form.
 
     Weights are read from `params` (a Mapping: a dict, or lazily loaded views of memory-mapped
     safetensors such as `ag.models.hf.from_pretrained` gives) one at a time when they are
