@@ -123,6 +123,16 @@ def test_block_edges(target: str, seq: int, window: int | tuple[int, int]) -> No
         assert differs(ref, sdpa(seq, seq).predict({}, feeds)["output"])
 
 
+@pytest.mark.parametrize("window", [150, (130, 70)])
+def test_windows_reaching_several_blocks(target: str, window: int | tuple[int, int]) -> None:
+    """Wide windows use blocks of 64 that read 3 blocks back (and 2 ahead): S = 203 is 4 blocks,
+    the last one short."""
+    assert block_size(window) == 64
+    feeds = {**qkv(203, 203), "kpm": rng(12).random((B, 203)) > 0.1}
+    ref = check(sdpa(203, 203, kpm=True, window=window), feeds, target)
+    assert differs(ref, sdpa(203, 203, kpm=True).predict({}, feeds)["output"])
+
+
 @pytest.mark.parametrize("seq,window", [(9, 9), (9, 30), (20, 20)])  # W >= S
 def test_window_at_least_the_sequence(target: str, seq: int, window: int) -> None:
     feeds = qkv(seq, seq)
