@@ -133,6 +133,15 @@ def test_windows_reaching_several_blocks(target: str, window: int | tuple[int, i
     assert differs(ref, sdpa(203, 203, kpm=True).predict({}, feeds)["output"])
 
 
+def test_wide_window_with_mask_and_cross_attention(target: str) -> None:
+    """A full bool mask and bottom-right cross-attention cut into blocks that read 3 back."""
+    mask = rng(13).random((150, 203)) > 0.2
+    feeds = {**qkv(150, 203), "mask": mask}
+    model = sdpa(150, 203, mask=(150, 203), window=(130, 70))
+    ref = check(model, feeds, target)
+    assert differs(ref, model.predict({}, dict(feeds, mask=np.ones_like(mask)))["output"])
+
+
 @pytest.mark.parametrize("seq,window", [(9, 9), (9, 30), (20, 20)])  # W >= S
 def test_window_at_least_the_sequence(target: str, seq: int, window: int) -> None:
     feeds = qkv(seq, seq)
