@@ -39,9 +39,9 @@ from ._attention_graph import Attn, decomposed_attention, from_heads, to_heads
 
 # Query positions per Scan iteration: the scores alive at once are GROUP_POSITIONS·Hq·kb
 # floats (1,024 · 8 heads · 320 slots · 4 bytes = 10 MiB for the benchmark layer at W = 256).
-# Groups of 512 .. 2,048 positions ran the benchmark layer at S = 16,384 within 5% of each
-# other (4,096 and more: 5-30% slower, the group's working set leaves the caches); the
-# smaller bound keeps memory low. Tests lower it to run several groups at small sizes.
+# On the benchmark layer at S = 16,384 (median of 10 interleaved runs), groups of 512 and
+# 1,024 positions ran alike and groups of 2,048 .. 16,384 7-11% slower (the group's working set
+# leaves the caches). Tests lower it to run several groups at small sizes.
 GROUP_POSITIONS = 1024
 
 
