@@ -74,7 +74,7 @@ def block_size(window: int | tuple[int, int], causal: bool = False) -> int:
     Smaller blocks waste fewer scores: a block of b reads b·(1 + ceil(far / b)) key slots per
     b queries, where far + 1 would do. Below 64 positions, per-block overheads win. Measured on
     the benchmark layer (W = 256, S = 16,384, onnxruntime, 2 threads, one process, runs
-    interleaved): blocks of 64 run the layer in 0.92x the time of blocks of 128, 0.6x of 256,
+    interleaved): blocks of 64 run the layer in 0.92x the time of blocks of 128, 0.8x of 256,
     and 0.95x of 32; at W = 1,024, blocks of 128 beat 64 and 256 by 5-10%."""
     if isinstance(window, int):
         far = window - 1
