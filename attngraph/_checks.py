@@ -1,11 +1,13 @@
-"""Argument checks for builders: each raises ConfigError with the standard message."""
+"""Argument checks for builders and public functions: each raises an AttnGraphError subclass
+(ConfigError unless told) with the standard message."""
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, NoReturn
 
-from ._errors import ConfigError, layer_message
+from ._errors import AttnGraphError, ConfigError, layer_message
 from ._graph import Value
 
 
@@ -78,3 +80,41 @@ class Checker:
         if not isinstance(d, int):
             self.fail(f"{what} needs a static last dim to size its parameters, given {x.type}")
         return d
+
+
+def require_model(model: Any, who: str, location: str | None = None,
+                  error: type[AttnGraphError] = ConfigError) -> Any:
+    """`model` itself when it is an ag.Model; else `error` naming what was given."""
+    from ._model import Model
+
+    if not isinstance(model, Model):
+        raise error(layer_message(who, None, f"model must be an ag.Model (built with "
+                                  f"ag.Model(inputs, outputs)), given {type(model).__name__}",
+                                  location))
+    return model
+
+
+def require_path(path: Any, who: str, what: str = "path", location: str | None = None,
+                 error: type[AttnGraphError] = ConfigError) -> str:
+    """`path` as a str when it is a str or os.PathLike; else `error` naming what was given."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise error(layer_message(who, None, f"{what} must be a str or os.PathLike, given "
+                                  f"{type(path).__name__} {path!r}", location))
+    out = os.fspath(path)
+    if not isinstance(out, str):  # a bytes path
+        raise error(layer_message(who, None, f"{what} must be a str path, given {path!r}",
+                                  location))
+    return out
+
+
+def name_list(names: Any, who: str, what: str, location: str | None = None) -> list[str] | None:
+    """None, or a list of names: one str counts as a one-item list (never as its letters)."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        return [names]
+    if isinstance(names, (list, tuple, set, frozenset)) and all(isinstance(n, str)
+                                                                 for n in names):
+        return list(names)
+    raise ConfigError(layer_message(who, None, f"{what} must be a name or a list of names, "
+                                    f"given {names!r}", location))

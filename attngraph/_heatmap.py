@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._checks import name_list, require_path
 from ._errors import ConfigError
 from ._io import atomic_write_bytes
 
@@ -45,6 +46,15 @@ def plot_attention(report: AttentionReport, path: str | os.PathLike[str], *,
     except ImportError:
         raise ConfigError("plot_attention needs matplotlib: pip install 'attngraph[viz]'") \
             from None
+    from .analysis import AttentionReport
+
+    if not isinstance(report, AttentionReport):
+        raise ConfigError(f"plot_attention: report must be an AttentionReport (from "
+                          f"ag.analyze), given {type(report).__name__}")
+    require_path(path, "plot_attention")
+    if heads is not None and not isinstance(heads, Sequence):
+        raise ConfigError(f"plot_attention: heads must be a list of head indices, given "
+                          f"{heads!r}")
     names = _layers(report, layer, layers)
     maps = [report.layers[n].weights for n in names]
     if isinstance(batch, bool) or not isinstance(batch, int) or \
@@ -99,8 +109,11 @@ def _layers(report: AttentionReport, layer: str | None,
             layers: Sequence[str] | None) -> list[str]:
     if layer is not None and layers is not None:
         raise ConfigError("plot_attention: pass layer= or layers=, not both")
-    names = list(report.layers) if layer is None and layers is None else (
-        [layer] if layer is not None else list(layers or []))
+    if layer is not None and not isinstance(layer, str):
+        raise ConfigError(f"plot_attention: layer must be a layer name, given {layer!r}")
+    chosen = name_list(layers, "plot_attention", "layers")
+    names = list(report.layers) if layer is None and chosen is None else (
+        [layer] if layer is not None else chosen or [])
     unknown = [n for n in names if n not in report.layers]
     if unknown or not names:
         raise ConfigError(f"plot_attention: no layer {unknown or names!r}; layers are "
@@ -115,6 +128,9 @@ def _layers(report: AttentionReport, layer: str | None,
 def _labels(tokens: Sequence[str] | None, n: int, what: str) -> list[str] | None:
     if tokens is None:
         return None
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+        raise ConfigError(f"plot_attention: {what} must be a list of labels, one per position, "
+                          f"given {type(tokens).__name__} {tokens!r}"[:200])
     labels = [str(t) for t in tokens]
     if len(labels) != n:
         raise ConfigError(f"plot_attention: {what} has {len(labels)} labels for {n} positions")

@@ -8,7 +8,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from ._errors import GraphError, caller_location
+from ._errors import ConfigError, GraphError, caller_location
 from ._graph import Node, ParamSpec, Value
 from ._types import TensorType
 
@@ -55,6 +55,9 @@ class Model:
 
     def __init__(self, inputs: Any, outputs: Any, *, name: str = "model") -> None:
         self.location = caller_location()
+        if not isinstance(name, str) or not name:
+            raise GraphError(f"Model: name must be a non-empty string, given {name!r} "
+                             f"(at {self.location})")
         self.name = name
         self.inputs: dict[str, Value] = _as_named(inputs, "inputs", "input")
         for key, v in self.inputs.items():
@@ -166,7 +169,10 @@ class Model:
         """Deterministic parameters: Glorot uniform kernels, zero biases, unit norm scales."""
         from ._params import init_params
 
-        return init_params(self.param_specs, seed)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"Model.init: seed must be an int >= 0, given {seed!r} "
+                              f"(at {caller_location()})")
+        return init_params(self.param_specs, int(seed))
 
     def predict(self, params: Mapping[str, np.ndarray], feeds: Mapping[str, Any],
                 *, check_finite: bool = False, attention: str = "standard",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._checks import require_model, require_path
 from ._errors import ParamError
 from ._io import atomic_write_bytes, file_mapping
 
@@ -103,7 +104,7 @@ def save_params(params: Mapping[str, np.ndarray], path: str | os.PathLike[str]) 
     Raises ParamError for a name that is not a string, a value that is not a numeric array,
     or a path that ends in neither suffix.
     """
-    path = os.fspath(path)
+    path = require_path(path, "save_params", error=ParamError)
     if not isinstance(params, Mapping):
         raise ParamError(f"save_params: params must be a dict name -> array, given "
                          f"{type(params).__name__}")
@@ -136,7 +137,9 @@ def save_params(params: Mapping[str, np.ndarray], path: str | os.PathLike[str]) 
 
 def load_params(path: str | os.PathLike[str], model: Any = None) -> dict[str, np.ndarray]:
     """Read params from `.safetensors` or `.npz`; with a model, check every name and shape."""
-    path = os.fspath(path)
+    path = require_path(path, "load_params", error=ParamError)
+    if model is not None:
+        require_model(model, "load_params", error=ParamError)
     if not os.path.isfile(path):
         raise ParamError(f"load_params: no such file {path!r}")
     try:

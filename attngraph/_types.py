@@ -7,6 +7,8 @@ from typing import Union
 
 import numpy as np
 
+from ._errors import ShapeError
+
 Dim = Union[int, str, None]  # noqa: UP007 - a runtime alias on Python 3.10; None: unknown size
 
 DTYPES: dict[str, str] = {
@@ -45,9 +47,19 @@ class TensorType:
         return f"{DTYPES.get(self.dtype, self.dtype)}[{dims}]"
 
     def with_shape(self, shape: tuple[Dim, ...]) -> TensorType:
+        """The same dtype with another shape (a tuple of dims: ints, names or None)."""
+        if not isinstance(shape, (tuple, list)) or not all(
+                d is None or isinstance(d, str) or isinstance(d, int) and not isinstance(d, bool)
+                for d in shape):
+            raise ShapeError(f"TensorType.with_shape: shape must be a tuple of ints, names or "
+                             f"None, given {shape!r}")
         return TensorType(self.dtype, tuple(shape))
 
     def with_dtype(self, dtype: str) -> TensorType:
+        """The same shape with another dtype ("float32", "int64", ...)."""
+        if dtype not in DTYPES:
+            raise ShapeError(f"TensorType.with_dtype: dtype must be one of {list(DTYPES)}, "
+                             f"given {dtype!r}")
         return TensorType(dtype, self.shape)
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ExportError
+from ._checks import require_model
+from ._errors import ExportError, caller_location
 from ._registry import TARGETS
 from ._table import render
 
@@ -113,8 +114,12 @@ def validate(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping[str, A
     from ._export import export
     from .runtime import Session
 
+    require_model(model, "validate", caller_location(), error=ExportError)
     if isinstance(targets, str):
         targets = (targets,)
+    if not isinstance(targets, (list, tuple, set, frozenset)) or not targets:
+        raise ExportError(f"validate: targets must be a target name or a non-empty list of "
+                          f"them (some of {list(TARGETS)}), given {targets!r}")
     for t in targets:
         if t not in TARGETS:
             raise ExportError(f"validate: unknown target {t!r}; expected some of {list(TARGETS)}")

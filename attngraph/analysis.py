@@ -207,8 +207,11 @@ def analyze(model: Any, params: Mapping[str, np.ndarray],
     """Run the reference interpreter and collect, per attention layer and head, the weights
     and their statistics. Returns an AttentionReport (print it for a table, `to_dict()` for
     JSON, `ag.plot_attention` for heat maps)."""
+    from ._checks import require_model
+    from ._errors import caller_location
     from ._interpreter import evaluate
 
+    require_model(model, "analyze", caller_location())
     layers: dict[str, LayerAttention] = {}
     with _capture() as captured:
 

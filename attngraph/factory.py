@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import Checker
+from ._checks import Checker, require_model
 from ._errors import FeedError, caller_location, layer_message
 from ._graph import Value, make_node
 from .layers import (
@@ -236,6 +236,7 @@ def process_sequence(model: Any, params: Mapping[str, np.ndarray], query: Any,
     def fail(message: str) -> Any:
         raise FeedError(layer_message("process_sequence", None, message, where))
 
+    require_model(model, "process_sequence", where)
     names = list(model.inputs)
     if len(names) not in (2, 3):
         fail(f"the model must take (query, key[, value]) inputs, it takes {names}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import Checker
+from ._checks import Checker, name_list, require_model
 from ._errors import caller_location
 from ._params import check_params
 from .ops.attention import value_dim
@@ -42,20 +42,25 @@ def head_importance(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping
         "max_abs": the largest absolute change of any output element;
         a callable loss(outputs) -> float: loss(masked) - loss(unmasked), e.g. a
         cross-entropy against targets (a head whose removal raises the loss matters).
-    layers: names of attention layers to score (default: all of them): every
+    layers: names of attention layers to score (default: all of them; one name alone is a
+        one-item list): every
         `multi_head_attention`, and `attention` nodes whose heads are merged into a dense
         projection (`ag.attention_module` with separate key and value inputs).
 
     Returns a list of HeadImportance(layer, head, score), sorted by score, highest first.
-    Raises ConfigError for an unknown metric or layer, or a model with no such layer.
+    Raises ConfigError for a model that is not an ag.Model, an unknown metric or layer, a
+    metric callable that returns no single number, or a model with no such layer.
     """
-    c = Checker("head_importance", None, caller_location())
+    where = caller_location()
+    c = Checker("head_importance", None, where)
+    require_model(model, "head_importance", where)
     if not callable(metric):
         c.choice(metric, "metric", METRICS)
+    chosen = name_list(layers, "head_importance", "layers", where)
     candidates = ablatable_heads(model)
     if not candidates:
         c.fail("the model has no attention layer with an output projection to ablate")
-    names = list(candidates) if layers is None else list(layers)
+    names = list(candidates) if chosen is None else chosen
     unknown = [n for n in names if n not in candidates]
     if unknown or not names:
         c.fail(f"layers must name attention layers with an output projection "
@@ -69,7 +74,7 @@ def head_importance(model: Any, params: Mapping[str, np.ndarray], feeds: Mapping
             kernel = base_params[key].copy()
             kernel[h * dv:(h + 1) * dv] = 0.0  # head h's share of the output projection
             masked = model.predict({**base_params, key: kernel}, feeds)
-            scores.append(HeadImportance(name, h, _change(metric, base, masked)))
+            scores.append(HeadImportance(name, h, _change(metric, base, masked, c)))
     return sorted(scores, key=lambda s: -s.score)
 
 
@@ -102,9 +107,10 @@ def _only_consumer(model: Any, node: Any, op: str) -> Any:
     return None
 
 
-def _change(metric: Any, base: dict[str, np.ndarray], masked: dict[str, np.ndarray]) -> float:
+def _change(metric: Any, base: dict[str, np.ndarray], masked: dict[str, np.ndarray],
+            c: Checker) -> float:
     if callable(metric):
-        return float(metric(masked)) - float(metric(base))
+        return _loss(metric, masked, c) - _loss(metric, base, c)
     floats = [k for k, v in base.items() if v.dtype.kind == "f"]
     if metric == "max_abs":
         return max(float(np.abs(masked[k] - base[k]).max(initial=0.0)) for k in floats)
@@ -113,3 +119,15 @@ def _change(metric: Any, base: dict[str, np.ndarray], masked: dict[str, np.ndarr
         ref = base[k].astype(np.float64)
         total += float(((masked[k] - ref) ** 2).sum() / max(float((ref**2).sum()), 1e-30))
     return total
+
+
+def _loss(metric: Callable[[dict[str, np.ndarray]], Any], outputs: dict[str, np.ndarray],
+          c: Checker) -> float:
+    """The metric callable's value as a float: a number or a one-element array (a 0-d loss)."""
+    value = metric(outputs)
+    arr = np.asarray(value) if isinstance(value, (int, float, np.number, np.ndarray)) else None
+    if isinstance(value, bool) or arr is None or arr.size != 1 or arr.dtype.kind not in "iuf":
+        given = (f"an array of shape {list(arr.shape)}" if arr is not None and arr.size != 1
+                 else f"{type(value).__name__} {value!r}"[:80])
+        c.fail(f"metric must return one number (a loss), given {given}")
+    return float(arr.reshape(()))

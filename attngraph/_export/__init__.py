@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .._checks import require_model, require_path
 from .._decode import (
     IDS,
     LOGITS,
@@ -125,6 +126,7 @@ def export(
     """
     from .. import __version__
 
+    require_model(model, "export", caller_location(), error=ExportError)
     if not isinstance(params, Mapping):
         hint = ""
         if isinstance(params, (str, os.PathLike)) and isinstance(path, Mapping):
@@ -143,7 +145,7 @@ def export(
             f"given {opset!r}"
         )
     if path is not None:
-        path = os.fspath(path)
+        path = require_path(path, "export", "path", caller_location(), error=ExportError)
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise ExportError(f"export: directory {directory!r} does not exist (path {path!r})")

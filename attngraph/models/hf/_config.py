@@ -98,6 +98,9 @@ def preset_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     rather than building a different model.
     """
     k = kind_of(kind)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"hf: config must be a dict (config.json's contents or "
+                          f"`config.to_dict()`), given {type(config).__name__}")
     cfg = dict(config)
     problems: list[str] = []
 

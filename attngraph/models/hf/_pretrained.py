@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..._errors import ConfigError, ParamError
+from ..._checks import require_path
+from ..._errors import ConfigError, ParamError, caller_location
 from ..._model import Model
 from .. import _families
 from ._config import kind_of, preset_kwargs
@@ -78,7 +79,8 @@ class CheckpointParams(Mapping[str, np.ndarray]):
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The folder's `config.json` as a dict; ConfigError if it is missing or not JSON."""
-    file = os.path.join(os.fspath(path), "config.json")
+    path = require_path(path, "hf.read_config", "path (a checkpoint folder)")
+    file = os.path.join(path, "config.json")
     who = f"hf.from_pretrained({os.fspath(path)!r})"
     if not os.path.isdir(os.fspath(path)):
         raise ConfigError(f"{who}: no such directory")
@@ -168,7 +170,8 @@ def from_pretrained(path: str | os.PathLike[str], *, dtype: str = "float32"
         ParamError: missing shards, corrupt safetensors files, tensors with no place in the
             model, parameters nothing fills, shape mismatches: all listed at once.
     """
-    folder = os.fspath(path)
+    folder = require_path(path, "hf.from_pretrained", "path (a checkpoint folder)",
+                          caller_location())
     who = f"hf.from_pretrained({folder!r})"
     if dtype not in PARAM_DTYPES:
         raise ConfigError(f"{who}: dtype must be one of {list(PARAM_DTYPES)}, given {dtype!r}")
