@@ -20,6 +20,7 @@ import mmap
 import os
 import re
 import secrets
+import zipfile
 from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
@@ -197,3 +198,44 @@ def _advise(arr: np.ndarray, name: str) -> None:
     end = min(len(mm), hi + arr.itemsize - base)
     if 0 <= start < end:
         mm.madvise(advice, start, end - start)
+
+
+# -- .npz archives --------------------------------------------------------------------------
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class NpzProblem(ValueError):
+    """Why a file is not a readable .npz archive of numeric arrays, in one line (callers turn
+    it into their own error type)."""
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz archive at `path`, read without pickle (never runs code from
+    the file). Raises NpzProblem with one line saying what the file is instead."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise NpzProblem(f"cannot be read ({exc.strerror})") from None
+    if head == NPY_MAGIC:
+        raise NpzProblem("holds a single array (.npy); expected an .npz archive of name -> array "
+                         "(np.savez)")
+    if not zipfile.is_zipfile(path):
+        raise NpzProblem("is not an .npz archive (expected a file written by np.savez)")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for name in data.files:
+                try:
+                    arrays[name] = data[name]
+                except ValueError as exc:
+                    if "allow_pickle" not in str(exc):
+                        raise
+                    raise NpzProblem(f"holds an object array {name!r} (dtype=object), which "
+                                     "is never unpickled; save numeric arrays") from None
+    except NpzProblem:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise NpzProblem(f"is a damaged .npz archive ({exc})") from None
+    return arrays

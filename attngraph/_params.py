@@ -11,7 +11,7 @@ import numpy as np
 
 from ._checks import require_model, require_path
 from ._errors import ParamError
-from ._io import atomic_write_bytes, file_mapping
+from ._io import NpzProblem, atomic_write_bytes, file_mapping, read_npz
 
 if TYPE_CHECKING:
     from ._graph import Node, ParamSpec
@@ -148,12 +148,13 @@ def load_params(path: str | os.PathLike[str], model: Any = None) -> dict[str, np
 
             params = dict(load_file(path))
         elif path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as data:
-                params = {k: data[k] for k in data.files}
+            params = read_npz(path)
         else:
             raise ParamError(f"load_params: path must end in .safetensors or .npz, given {path!r}")
     except ParamError:
         raise
+    except NpzProblem as exc:
+        raise ParamError(f"load_params: cannot read {path!r}: it {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file is a user mistake, not a crash
         raise ParamError(f"load_params: cannot read {path!r}: {exc}") from None
     if model is not None:

@@ -92,6 +92,40 @@ def test_user_mistakes_exit_2_with_one_line(capsys, model_file: str, tmp_path) -
         assert "Traceback" not in err
 
 
+def _bad_npz_files(tmp_path) -> dict[str, tuple[str, str]]:
+    """name -> (path, what the one error line must say) for files that are no usable .npz."""
+    junk, objects, truncated = (tmp_path / n for n in ("junk.npz", "objects.npz", "cut.npz"))
+    junk.write_text("these are not the feeds you are looking for\n")
+    np.savez(objects, x=np.array([{"a": 1}], dtype=object), y=np.ones(2, np.float32))
+    truncated.write_bytes(objects.read_bytes()[:60])
+    return {"junk": (str(junk), "is not an .npz archive"),
+            "objects": (str(objects), "holds an object array 'x' (dtype=object)"),
+            "truncated": (str(truncated), "is not an .npz archive")}
+
+
+def test_bad_npz_inputs_one_line_without_numpy_hint(capsys, model_file: str, tmp_path) -> None:
+    good_onnx = str(tmp_path / "ok.onnx")
+    assert run(capsys, "export", model_file, "-o", good_onnx)[0] == 0
+    for label, (path, needle) in _bad_npz_files(tmp_path).items():
+        code, out, err = run(capsys, "run", good_onnx, "--inputs", path)
+        assert code == 2 and out == "", (label, out, err)
+        assert err.startswith(f"error: --inputs {path!r} {needle}"), (label, err)
+        assert err.count("\n") == 1, (label, err)
+        assert "allow_pickle" not in err and "pickled data" not in err, (label, err)
+
+
+def test_load_params_bad_npz_one_clear_message(tmp_path) -> None:
+    import attngraph as ag
+
+    for label, (path, needle) in _bad_npz_files(tmp_path).items():
+        with pytest.raises(ag.ParamError) as info:
+            ag.load_params(path)
+        message = str(info.value)
+        assert message.startswith(f"load_params: cannot read {path!r}: it {needle}"), \
+            (label, message)
+        assert "allow_pickle" not in message and "\n" not in message, (label, message)
+
+
 def test_module_entry_point_help() -> None:
     result = subprocess.run([sys.executable, "-m", "attngraph", "--help"], check=False,
                             capture_output=True,
@@ -262,7 +296,7 @@ def test_more_user_mistakes(capsys, model_file: str, forms_file: str, tmp_path) 
         (("run", good_onnx, "--providers", "NoSuchExecutionProvider"), "unavailable provider"),
         (("run", good_onnx, "--inputs", wrong_feeds), "missing feed"),
         (("run", good_onnx, "--inputs", one_array), "single array"),
-        (("run", good_onnx, "--inputs", objects), "not a readable .npz"),
+        (("run", good_onnx, "--inputs", objects), "object array 'x'"),
         (("run", good_onnx, "--inputs", str(tmp_path / "nope.npz")), "no such file"),
         (("run", str(tmp_path / "nope.onnx")), "no such file"),
     ]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
-from .._io import atomic_write_bytes
+from .._io import NpzProblem, atomic_write_bytes, read_npz
 from .._model import Model
 from .._types import FLOAT_DTYPES, Dim, TensorType
 from ._common import CLIError
@@ -77,14 +76,9 @@ def load_feeds(path: str) -> dict[str, np.ndarray]:
     """Arrays of an .npz archive, read without pickle."""
     require_file(path, "--inputs")
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise CLIError(f"--inputs {path!r} holds a single array; expected an .npz archive "
-                           "of name -> array (np.savez)")
-        with data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise CLIError(f"--inputs {path!r} is not a readable .npz archive: {exc}") from None
+        return read_npz(path)
+    except NpzProblem as exc:
+        raise CLIError(f"--inputs {path!r} {exc}") from None
 
 
 def save_arrays(arrays: Mapping[str, np.ndarray], path: str) -> None:
