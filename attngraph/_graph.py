@@ -56,14 +56,17 @@ class Value:
 
     @property
     def type(self) -> TensorType:
+        """The value's TensorType (dtype and shape), inferred when its layer was built."""
         return self.node.out_types[self.index]
 
     @property
     def shape(self) -> tuple[Any, ...]:
+        """The value's dims: ints (static), strings (symbolic, e.g. "batch") or None."""
         return self.type.shape
 
     @property
     def dtype(self) -> str:
+        """The value's dtype name ("float32", "int64", "bool", ...)."""
         return self.type.dtype
 
     def __repr__(self) -> str:

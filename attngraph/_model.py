@@ -155,14 +155,17 @@ class Model:
 
     @property
     def input_types(self) -> dict[str, TensorType]:
+        """Input name -> its declared TensorType."""
         return {k: v.type for k, v in self.inputs.items()}
 
     @property
     def output_types(self) -> dict[str, TensorType]:
+        """Output name -> its inferred TensorType."""
         return {k: v.type for k, v in self.outputs.items()}
 
     @property
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter name (`<layer>.<param>`) -> its shape, as `init` and `load_params` expect."""
         return {k: spec.shape for k, (_, spec) in self.param_specs.items()}
 
     def init(self, seed: int = 0) -> dict[str, np.ndarray]:

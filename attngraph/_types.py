@@ -40,6 +40,7 @@ class TensorType:
 
     @property
     def rank(self) -> int:
+        """The number of dims."""
         return len(self.shape)
 
     def __str__(self) -> str:

@@ -54,12 +54,15 @@ class ValidationReport:
 
     @property
     def passed(self) -> bool:
+        """True when the report holds checks and every one of them passed."""
         return bool(self.checks) and all(c.passed for c in self.checks)
 
     def __bool__(self) -> bool:
         return self.passed
 
     def worst(self, target: str) -> float:
+        """The largest max abs error over `target`'s outputs ("ort", "onnx", "decomposed");
+        NaN when the report holds no check for that target."""
         return max((c.max_abs for c in self.checks if c.target == target), default=float("nan"))
 
     def __str__(self) -> str:

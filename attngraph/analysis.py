@@ -42,6 +42,8 @@ __all__ = ["AttentionReport", "LayerAttention", "analyze", "classify_heads", "he
 
 
 def capturing() -> bool:
+    """Whether an `analyze` call is collecting attention weights right now (the attention
+    reference then computes and records full weights, whatever its attention mode)."""
     return _CAPTURE.get() is not None
 
 
@@ -79,6 +81,9 @@ class LayerAttention:
     pattern_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form: name, weights' shape [B, H, Sq, Sk], head diversity, and per
+        head its entropy, sparsity, max weight, collapsed flag, pattern, strength and the
+        score of every pattern (plain floats, bools and strings; the weights are left out)."""
         heads = [{"head": h, "entropy": float(self.entropy[h]),
                   "sparsity": float(self.sparsity[h]), "max_weight": float(self.max_weight[h]),
                   "collapsed": h in self.collapsed, "pattern": self.pattern[h],
@@ -91,6 +96,11 @@ class LayerAttention:
 
 @dataclass
 class AttentionReport:
+    """What `analyze` found: layer name -> LayerAttention (weights [B, H, Sq, Sk] and per-head
+    statistics), in the order the layers run. `str(report)` is a table with one row per layer
+    and head, `warnings` names collapsed heads, `to_dict()` gives JSON, and
+    `ag.plot_attention(report, path)` draws heat maps."""
+
     layers: dict[str, LayerAttention]
 
     @property

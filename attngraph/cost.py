@@ -39,6 +39,8 @@ class AttentionCost:
 
     @property
     def kv_cache_bytes_per_token(self) -> int:
+        """Bytes of cache one token adds for one sequence: kv_heads * (head_dim + value_dim)
+        * the dtype's item size (one key and one value vector per kv head)."""
         return self.kv_heads * (self.head_dim + self.value_dim) * np.dtype(self.dtype).itemsize
 
     def kv_cache_bytes(self, context: int, batch: int = 1) -> int:
