@@ -54,7 +54,7 @@ def sweep_temps(path: str) -> list[str]:
     return their names. Files of live processes (a concurrent write) are left alone."""
     directory, name = os.path.split(os.path.abspath(path))
     pattern = _temp_re(name)
-    removed = []
+    removed: list[str] = []
     try:
         entries = os.listdir(directory)
     except OSError:

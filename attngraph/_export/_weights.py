@@ -69,12 +69,12 @@ class Weight:
         prefetch_pages(arr)
         try:
             if arr.dtype == dtype and arr.flags.c_contiguous:
-                flat = memoryview(arr.reshape(-1).view(np.uint8))
+                flat = arr.reshape(-1).view(np.uint8).data  # a memoryview, no copy
                 for i in range(0, max(len(flat), 1), CHUNK):
                     yield flat[i:i + CHUNK]
                 return
             if arr.ndim == 0:
-                yield memoryview(np.ascontiguousarray(arr, dtype).reshape(-1).view(np.uint8))
+                yield np.ascontiguousarray(arr, dtype).reshape(-1).view(np.uint8).data
                 return
             row = int(np.prod(arr.shape[1:], dtype=np.int64)) * dtype.itemsize
             rows = max(1, CHUNK // max(row, 1))
@@ -83,7 +83,7 @@ class Weight:
                 buffer = scratch.next(rows * row)
                 out = buffer[:part.size * dtype.itemsize].view(dtype).reshape(part.shape)
                 _copy(out, part)
-                yield memoryview(out.reshape(-1).view(np.uint8))
+                yield out.reshape(-1).view(np.uint8).data
         finally:
             release_pages(arr)
 
