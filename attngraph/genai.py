@@ -79,10 +79,13 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
     Returns:
         The folder's path.
 
-    Raises:
+    Raises (all before anything is written, but for the folder's own write errors):
+        ConfigError: an argument of the wrong type or value (model, params, out_dir,
+            tokenizer, target, dtype, a token id, context_length) or an option `ag.export`
+            does not take.
         ExportError: the folder cannot be written, or `tokenizer` has no tokenizer file.
-        UnsupportedError: not a cached decoder, layers of different head counts, or a
-            windowed model without the shared buffer.
+        UnsupportedError: not a cached decoder, layers of different head counts or window
+            sizes, or a windowed model without the shared buffer (see the module docstring).
     """
     from ._export import export
 
