@@ -124,6 +124,9 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
                                f"window size, the model's layers use {windows}")
     ids = _token_ids(tokenizer, bos_token_id, eos_token_id, pad_token_id)
     vocab = model.output_types[next(iter(model.output_types))].shape[-1]
+    if not isinstance(vocab, int):
+        raise UnsupportedError(f"save_genai: the logits need a fixed vocabulary size, given "
+                               f"{model.output_types[next(iter(model.output_types))]}")
     for key, value in ids.items():
         if any(not 0 <= v < vocab for v in (value if isinstance(value, list) else [value])):
             raise ConfigError(f"save_genai: {key} must be a token id in 0..{vocab - 1} (the "
@@ -139,8 +142,8 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
         raise ExportError(f"save_genai: cannot create {out!r}: {exc.strerror}") from None
     export(model, params, os.path.join(out, "model.onnx"), target=target, dtype=dtype,
            kv_cache=True, share_buffer=shared, **export_options)
-    config = _config(model, layers[0].node.attrs["embed_dim"], num_heads, kv_heads, head_dim,
-                     len(layers), context, ids, shared)
+    config = _config(model, vocab, layers[0].node.attrs["embed_dim"], num_heads, kv_heads,
+                     head_dim, len(layers), context, ids, shared)
     if windows:  # see the module docstring for why these values
         config["model"]["decoder"]["sliding_window"] = {
             "window_size": windows[0], "layers": [i for i, x in enumerate(layers) if x.window],
@@ -155,9 +158,8 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
     return out
 
 
-def _config(model: Model, hidden: int, heads: int, kv_heads: int, head_dim: int, n_layers: int,
-            context: int, ids: dict[str, Any], shared: bool) -> dict:
-    vocab = model.output_types[next(iter(model.output_types))].shape[-1]
+def _config(model: Model, vocab: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
+            n_layers: int, context: int, ids: dict[str, Any], shared: bool) -> dict:
     decoder: dict[str, Any] = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
         "filename": "model.onnx",
