@@ -13,9 +13,9 @@ the client's mistake: the session's one-line reason goes back with Triton's INVA
 which its HTTP front end answers with 400 (gRPC: INVALID_ARGUMENT), and the server goes on.
 pytriton's proxy model reports every failure of the Python function as an internal error (HTTP
 500, with its traceback), so the proxy file it copies into Triton's repository gets a short
-wrapper appended that turns failures marked as the client's into INVALID_ARG responses. Triton's
-dynamic batcher merges only requests whose input shapes all agree, so a request whose shapes
-disagree is never merged with well-formed ones; a rejected merged batch fails as a whole.
+wrapper appended that turns failures marked as the client's into INVALID_ARG responses. When
+such a failure hits a batch that Triton's dynamic batcher merged from several requests, each
+request is run again alone, so only the faulty one is refused.
 
 The Python backend's stub process links the Python library of the interpreter it is built for;
 with an interpreter not installed by the system (pyenv, conda) it would load the system's
@@ -76,9 +76,11 @@ def _attngraph_client_errors(execute):
             text = exc.message() if hasattr(exc, "message") else str(exc)
             if {CLIENT_ERROR!r} not in text:
                 raise
+            if len(triton_requests) > 1:  # a merged batch: find the request at fault
+                return [wrapped(self, [r])[0] for r in triton_requests]
             reason = text.split({CLIENT_ERROR!r}, 1)[1].splitlines()[0]
             error = pb_utils.TritonError(reason, pb_utils.TritonError.INVALID_ARG)
-            return [pb_utils.InferenceResponse(error=error) for _ in triton_requests]
+            return [pb_utils.InferenceResponse(error=error)]
     return wrapped
 
 
