@@ -6,17 +6,30 @@ files. The config is onnxruntime-genai's decoder-only layout: sizes, the input/o
 with `%d` for the layer, bos/eos/pad ids, search defaults and `past_present_share_buffer`,
 which is true exactly when the export uses the shared past/present buffer (DESIGN §10).
 
-Facts about onnxruntime-genai 0.18 (CPU) that shape the file:
+Facts about onnxruntime-genai 0.18 (CPU; its src/config.cpp, models/kv_cache.cpp,
+models/windowed_kv_cache.cpp and models/position_inputs.cpp) that shape the file:
 - with the shared buffer it allocates every cache at `search.max_length` and feeds the
   attention mask [batch, current length]; the shared form reads each row's token count from it.
-- without it, it allocates every present at the current length, so a sliding-window layer must
-  not trim its cache: windowed models are written with the shared buffer only.
-- a padded batch is fed with `pad_token_id` marking pads; only the copying form (shared
-  buffer off) reads a left-padded mask exactly.
-- its `decoder.sliding_window` block makes it size the caches for its own sliding (measured:
-  presents one position shorter than the model computes, and a shape error), so windowed
-  models carry no such block: the window is applied inside the model (GroupQueryAttention's
-  `local_window_size`) over the whole shared buffer, and recorded in the model's metadata.
+- `decoder.sliding_window` takes `window_size`, `layers` (the windowed layers' indices),
+  `slide_key_value_cache`, `slide_inputs`, `alignment`, `pad_value` and `cache_slack`. Sliding
+  the inputs or the cache (both default true) makes genai feed the prompt in window-sized
+  chunks into a cache it trims itself, so both are written false. It then sizes each listed
+  layer's cache at min(window_size + slack, max_length), slack being `cache_slack` or, when 0,
+  16 on CPU: a size meant for GroupQueryAttention's `sliding_window_cache=1`, which evicts old
+  positions inside the buffer. attngraph's shared buffer keeps every position and applies the
+  window in the op (`local_window_size`), so the block states `cache_slack` = the context
+  length: every listed layer's buffer then holds the whole sequence (measured: with the
+  default slack, presents of window + 16 positions against the 22 the op computes).
+- without the shared buffer it allocates a listed layer's present at min(total, window +
+  slack), slack >= 1, and an unlisted one at the total length, while attngraph's copying export
+  keeps exactly the last `window` positions of a windowed layer: the two never agree once the
+  sequence outgrows the window, so windowed models need the shared buffer (measured: a present
+  of 6 positions allocated for the 5 the model computes).
+- a padded batch is read from `pad_token_id`: genai marks a row's trailing pad tokens with
+  mask 0 and counts every token before the row's last non-pad one, leading pads included, as
+  real. So genai takes right-padded batches (pads after each row's tokens); their greedy tokens
+  equal `ag.generate`'s on the same rows left-padded with a mask. A left-padded batch is read
+  as if its pads were tokens.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ._decode import cache_layers, share_buffer_choice
+from ._deploy_checks import check_export_options, check_model, check_path, check_target, fail
 from ._errors import ConfigError, ExportError, UnsupportedError
 from ._io import atomic_write_bytes
 from ._model import Model
@@ -65,14 +79,23 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
     Returns:
         The folder's path.
 
-    Raises:
+    Raises (all before anything is written, but for the folder's own write errors):
+        ConfigError: an argument of the wrong type or value (model, params, out_dir,
+            tokenizer, target, dtype, a token id, context_length) or an option `ag.export`
+            does not take.
         ExportError: the folder cannot be written, or `tokenizer` has no tokenizer file.
-        UnsupportedError: not a cached decoder, layers of different head counts, or a
-            windowed model without the shared buffer.
+        UnsupportedError: not a cached decoder, layers of different head counts or window
+            sizes, or a windowed model without the shared buffer (see the module docstring).
     """
     from ._export import export
 
-    out = os.fspath(out_dir)
+    check_model("save_genai", model, params)
+    out = check_path("save_genai", "out_dir", out_dir)
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        raise fail("save_genai", f"tokenizer must be a folder path or None, given {tokenizer!r}")
+    check_target("save_genai", target, dtype)
+    check_export_options("save_genai", export_options,
+                         ("target", "dtype", "kv_cache", "streaming"))
     layers = cache_layers(model, "save_genai")
     heads = {(x.node.attrs["num_heads"], x.kv_heads, x.head_dim) for x in layers}
     if len(heads) != 1:
@@ -90,11 +113,20 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
     windows = sorted({x.window for x in layers if x.window is not None})
     if windows and not shared:
         raise UnsupportedError(
-            "save_genai: without the shared buffer onnxruntime-genai grows every layer's cache "
-            f"by one position per step, while attngraph keeps windowed caches at their window "
-            f"{windows}; use share_buffer=True (target 'ort', head_dim % 8 == 0)")
+            "save_genai: a windowed model needs share_buffer=True (target 'ort', head_dim % 8 "
+            "== 0): without the shared buffer onnxruntime-genai allocates a windowed layer's "
+            "cache at min(length, window + cache_slack) with cache_slack >= 1 (or at the whole "
+            f"length without a sliding_window block), while attngraph's copying export keeps "
+            f"exactly the last window {windows} positions, so their shapes differ once the "
+            "sequence outgrows the window")
+    if len(windows) > 1:
+        raise UnsupportedError(f"save_genai: genai_config.json's sliding_window block holds one "
+                               f"window size, the model's layers use {windows}")
     ids = _token_ids(tokenizer, bos_token_id, eos_token_id, pad_token_id)
     vocab = model.output_types[next(iter(model.output_types))].shape[-1]
+    if not isinstance(vocab, int):
+        raise UnsupportedError(f"save_genai: the logits need a fixed vocabulary size, given "
+                               f"{model.output_types[next(iter(model.output_types))]}")
     for key, value in ids.items():
         if any(not 0 <= v < vocab for v in (value if isinstance(value, list) else [value])):
             raise ConfigError(f"save_genai: {key} must be a token id in 0..{vocab - 1} (the "
@@ -110,8 +142,12 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
         raise ExportError(f"save_genai: cannot create {out!r}: {exc.strerror}") from None
     export(model, params, os.path.join(out, "model.onnx"), target=target, dtype=dtype,
            kv_cache=True, share_buffer=shared, **export_options)
-    config = _config(model, layers[0].node.attrs["embed_dim"], num_heads, kv_heads, head_dim,
-                     len(layers), context, ids, shared)
+    config = _config(model, vocab, layers[0].node.attrs["embed_dim"], num_heads, kv_heads,
+                     head_dim, len(layers), context, ids, shared)
+    if windows:  # see the module docstring for why these values
+        config["model"]["decoder"]["sliding_window"] = {
+            "window_size": windows[0], "layers": [i for i, x in enumerate(layers) if x.window],
+            "slide_key_value_cache": False, "slide_inputs": False, "cache_slack": context}
     text = json.dumps(config, indent=2) + "\n"
     atomic_write_bytes(os.path.join(out, "genai_config.json"), text.encode(), what="save_genai")
     if tokenizer_files is not None:
@@ -122,9 +158,8 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
     return out
 
 
-def _config(model: Model, hidden: int, heads: int, kv_heads: int, head_dim: int, n_layers: int,
-            context: int, ids: dict[str, Any], shared: bool) -> dict:
-    vocab = model.output_types[next(iter(model.output_types))].shape[-1]
+def _config(model: Model, vocab: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
+            n_layers: int, context: int, ids: dict[str, Any], shared: bool) -> dict:
     decoder: dict[str, Any] = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
         "filename": "model.onnx",

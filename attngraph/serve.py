@@ -8,6 +8,15 @@ backend: Triton hands every batch to pytriton's proxy, which passes it to this p
 `ag.Session` (onnxruntime) runs it. A Triton repository written by `ag.save_triton` is served with
 its config's batch size, batching and instance count.
 
+A request the model cannot take (inputs whose shared dims disagree, an empty sequence, ...) is
+the client's mistake: the session's one-line reason goes back with Triton's INVALID_ARG code,
+which its HTTP front end answers with 400 (gRPC: INVALID_ARGUMENT), and the server goes on.
+pytriton's proxy model reports every failure of the Python function as an internal error (HTTP
+500, with its traceback), so the proxy file it copies into Triton's repository gets a short
+wrapper appended that turns failures marked as the client's into INVALID_ARG responses. When
+such a failure hits a batch that Triton's dynamic batcher merged from several requests, each
+request is run again alone, so only the faulty one is refused.
+
 The Python backend's stub process links the Python library of the interpreter it is built for;
 with an interpreter not installed by the system (pyenv, conda) it would load the system's
 `libpython` beside another version's standard library, so this interpreter's library folder
@@ -40,6 +49,43 @@ from .triton import KINDS, read_config
 DEFAULT_PORT = 8000
 STOP_TIMEOUT_S = 10  # Triton's own grace period for in-flight requests when stopping
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+CLIENT_ERROR = "attngraph-client-error: "  # marks a failure that is the request's fault
+# appended to pytriton's proxy model.py (see the module docstring); runs inside Triton's stub
+_PROXY_WRAPPER = f"""
+
+def _attngraph_empty(request):
+    for tensor in request.inputs():
+        shape = list(tensor.as_numpy().shape)
+        if 0 in shape:
+            return f"input {{tensor.name()!r}} has shape {{shape}}: every dim must be >= 1"
+    return None
+
+
+def _attngraph_client_errors(execute):
+    def wrapped(self, triton_requests):
+        # pytriton cannot pass zero-size tensors to the model process: refuse them here
+        empty = [_attngraph_empty(r) for r in triton_requests]
+        if any(empty):
+            good = [r for r, e in zip(triton_requests, empty) if e is None]
+            done = iter(wrapped(self, good) if good else [])
+            return [next(done) if e is None else pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(e, pb_utils.TritonError.INVALID_ARG)) for e in empty]
+        try:
+            return execute(self, triton_requests)
+        except Exception as exc:
+            text = exc.message() if hasattr(exc, "message") else str(exc)
+            if {CLIENT_ERROR!r} not in text:
+                raise
+            if len(triton_requests) > 1:  # a merged batch: find the request at fault
+                return [wrapped(self, [r])[0] for r in triton_requests]
+            reason = text.split({CLIENT_ERROR!r}, 1)[1].splitlines()[0]
+            error = pb_utils.TritonError(reason, pb_utils.TritonError.INVALID_ARG)
+            return [pb_utils.InferenceResponse(error=error)]
+    return wrapped
+
+
+TritonPythonModel.execute = _attngraph_client_errors(TritonPythonModel.execute)
+""".encode()
 
 
 class ServeError(AttnGraphError):
@@ -157,6 +203,7 @@ class Server:
         for port in (self.port, self.grpc_port):
             _check_port(self.host, port)
         _python_library_first()
+        _wrap_proxy_model()
         logging.getLogger("pytriton").setLevel(logging.ERROR)
         self._workspace = tempfile.TemporaryDirectory(prefix="attngraph-serve-")
         self.log_file = os.path.join(self._workspace.name, "tritonserver.log")
@@ -238,6 +285,25 @@ def _import_pytriton() -> Any:
     return triton_mod
 
 
+def _wrap_proxy_model() -> None:
+    """Have pytriton send its proxy model.py with the client-error wrapper appended."""
+    from pytriton.models.model import Model as PyTritonModel
+
+    original = PyTritonModel.get_proxy_model_files
+    if getattr(original, "attngraph", False):
+        return
+
+    def files(self: Any) -> dict[str, bytes]:
+        out = original(self)
+        for key in out:
+            if key.endswith("/model.py"):
+                out[key] += _PROXY_WRAPPER
+        return out
+
+    files.attngraph = True  # type: ignore[attr-defined]
+    PyTritonModel.get_proxy_model_files = files  # type: ignore[method-assign]
+
+
 def _python_library_first() -> None:
     """Put this interpreter's libpython first for tritonserver's Python backend stub."""
     libdir, library = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
@@ -278,8 +344,8 @@ def _infer_function(session: Session, batched: bool) -> Callable[[list[Any]], li
                          else requests[rows[0]][n]) for n in requests[rows[0]].data}
             try:
                 out = session.run(feeds)
-            except AttnGraphError as exc:
-                raise ValueError(str(exc)) from None  # the client gets the one-line reason
+            except AttnGraphError as exc:  # the client gets the one-line reason, as a 400
+                raise ValueError(CLIENT_ERROR + str(exc).splitlines()[0]) from None
             start = 0
             for i in rows:
                 size = next(iter(requests[i].data.values())).shape[0] if batched else 0

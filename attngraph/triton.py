@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._deploy_checks import check_export_options, check_model, check_path, check_target
 from ._errors import ConfigError, ExportError
 from ._io import atomic_write_bytes
 
@@ -80,6 +81,11 @@ def save_triton(model: Model, params: Mapping[str, np.ndarray], repo: str | os.P
     """
     from ._export import data_files, export
 
+    check_model("save_triton", model, params)
+    repo_dir = check_path("save_triton", "repo", repo)
+    check_export_options("save_triton", export_options, ())
+    check_target("save_triton", export_options.get("target", "ort"),
+                 export_options.get("dtype", "float32"))
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"save_triton: name must be letters, digits, '_', '.' or '-', "
                           f"given {name!r}")
@@ -87,7 +93,7 @@ def save_triton(model: Model, params: Mapping[str, np.ndarray], repo: str | os.P
     _check_int("instances", instances, 1)
     if max_queue_delay_us is not None:
         _check_int("max_queue_delay_us", max_queue_delay_us, 0)
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ConfigError(f"save_triton: kind must be one of {list(KINDS)}, given {kind!r}")
     if not isinstance(dynamic_batching, bool):
         raise ConfigError(f"save_triton: dynamic_batching must be True or False, given "
@@ -95,7 +101,7 @@ def save_triton(model: Model, params: Mapping[str, np.ndarray], repo: str | os.P
     if dynamic_batching and max_batch_size == 0:
         raise ConfigError("save_triton: dynamic_batching needs max_batch_size >= 1 (Triton "
                           "cannot batch a model whose max_batch_size is 0)")
-    folder = os.path.join(os.fspath(repo), name)
+    folder = os.path.join(repo_dir, name)
     version = os.path.join(folder, "1")
     try:
         os.makedirs(version, exist_ok=True)

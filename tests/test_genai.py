@@ -73,6 +73,46 @@ def test_genai_greedy_tokens_equal_generate(tmp_path, kind: str, share: bool) ->
         assert got.shape == expected.shape
         np.testing.assert_array_equal(got, expected, err_msg=f"{kind} share={share} B={batch}")
         assert len(set(expected[:, 6:].ravel().tolist())) > 3  # the tokens really vary
+    block = config["model"]["decoder"].get("sliding_window")
+    if kind in ("mistral", "gemma2"):  # genai read the block and kept every position resident
+        assert block == {"window_size": WINDOW, "layers": [0, 1] if kind == "mistral" else [0],
+                         "slide_key_value_cache": False, "slide_inputs": False,
+                         "cache_slack": 64}
+    else:
+        assert block is None
+
+
+PAD = 51
+
+
+@pytest.mark.parametrize(("kind", "share"), [("llama", True), ("llama", False),
+                                             ("mistral", True), ("gemma2", True),
+                                             ("gpt", False), ("phi3", True)])
+def test_genai_padded_batch(tmp_path, kind: str, share: bool) -> None:
+    """genai takes a batch of rows of different lengths right-padded with pad_token_id (it
+    masks each row's trailing pads); its greedy tokens equal ag.generate's on the same rows
+    left-padded with an attention mask, and each row's tokens equal that row's alone."""
+    model, params = tiny(kind)
+    folder = ag.save_genai(model, params, tmp_path / kind, share_buffer=share,
+                           eos_token_id=EOS, pad_token_id=PAD, context_length=64)
+    rng = np.random.default_rng(11)
+    rows = [rng.integers(0, PAD, n) for n in (7, 4, 2)]
+    right = np.full((3, 7), PAD)
+    left = np.full((3, 7), PAD)
+    mask = np.zeros((3, 7), np.int64)
+    for i, row in enumerate(rows):
+        right[i, :len(row)] = row
+        left[i, 7 - len(row):] = row
+        mask[i, 7 - len(row):] = 1
+    new = 10
+    got = genai_tokens(folder, right, new)[:, 7:]
+    expected = ag.generate(model, left, new, params=params, eos_token_id=EOS,
+                           attention_mask=mask, pad_token_id=PAD)[:, 7:]
+    np.testing.assert_array_equal(got, expected, err_msg=f"{kind} share={share}")
+    for row, tokens in zip(rows, expected):  # padding changed nothing (a row that ended at
+        alone = ag.generate(model, row[None], new, params=params, eos_token_id=EOS)[0]
+        np.testing.assert_array_equal(tokens[:len(alone) - len(row)], alone[len(row):])
+        assert (tokens[len(alone) - len(row):] == PAD).all()  # eos is padded after it)
 
 
 def test_genai_window_changes_tokens(tmp_path) -> None:
@@ -146,8 +186,22 @@ def test_og_tokenizer_loads_copied_files(tmp_path) -> None:
 
 def test_genai_mistakes(tmp_path) -> None:
     mistral, params = tiny("mistral")
-    with pytest.raises(ag.UnsupportedError, match=r"without the shared buffer.*window"):
+    with pytest.raises(ag.UnsupportedError, match=r"windowed model needs share_buffer=True.*"
+                       r"window \+ cache_slack.*last window \[5\] positions"):
         ag.save_genai(mistral, params, tmp_path / "m", share_buffer=False)
+    mistakes = [((mistral, params, 5), {}, r"out_dir must be a folder path.*given 5"),
+                (("x", params, tmp_path / "m"), {}, r"model must be an ag.Model.*given str"),
+                ((mistral, [1], tmp_path / "m"), {}, r"params must be a mapping.*given list"),
+                ((mistral, params, tmp_path / "m"), {"tokenizer": 3}, "tokenizer must be a"),
+                ((mistral, params, tmp_path / "m"), {"target": "tf"}, "target must be one of"),
+                ((mistral, params, tmp_path / "m"), {"dtype": 16}, "dtype must be one of"),
+                ((mistral, params, tmp_path / "m"), {"opset": 21, "kv_cahce": True},
+                 r"unknown option \['kv_cahce'\]; it passes these to ag.export: \['opset'"),
+                ((mistral, params, tmp_path / "m"), {"kv_cache": False}, "unknown option")]
+    for args, kwargs, message in mistakes:
+        with pytest.raises(ag.ConfigError, match=message) as info:
+            ag.save_genai(*args, **kwargs)
+        assert "test_genai.py:" in str(info.value)  # the user's line
     (tmp_path / "empty").mkdir()
     with pytest.raises(ag.ExportError, match="holds no tokenizer file"):
         ag.save_genai(mistral, params, tmp_path / "m", tokenizer=tmp_path / "empty")

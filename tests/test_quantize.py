@@ -86,6 +86,11 @@ def test_validate_reports_quantized_error(llama) -> None:
     assert "rms err <= 0.25*rms(ref)" in text
     assert "validation (float32, int4 weights vs the float32 reference): PASSED" in text
     assert len(report.checks) == 2 and all(c.note.startswith("rms err 0.") for c in report.checks)
+    # every MatMul with a weight (2 layers x 7, and the head) became MatMulNBits
+    assert report.matmuls == {"ort": 15, "decomposed": 15}
+    assert "int4's grid alone explains <= 0.31 here (0.081 per quantized MatMul x sqrt(15))" \
+        in text
+    assert "the accuracy int4 weights are held to" in text
     plain = ag.validate(model, params, {"input_ids": ids}, ["ort"])
     assert plain.checks[0].max_abs < 1e-4 < report.checks[0].max_abs
 
@@ -95,7 +100,15 @@ def test_quantized_rule_fails_on_a_large_error() -> None:
     base = Check("ort", "y", 0.0, 0.0, 0.0, 0.0, True)
     assert compare_quantized(base, ref * 1.1, ref, "int4").passed  # rms err 0.1
     bad = compare_quantized(base, ref * 1.3, ref, "int4")  # rms err 0.3
-    assert not bad.passed and bad.note == "rms err 0.300*rms(ref)"
+    assert not bad.passed and bad.note == "rms err 0.300*rms(ref) > 0.25*rms(ref)"
+    # with the export's quantized MatMul count: is the error what int4's grid explains?
+    deep = compare_quantized(base, ref * 1.3, ref, "int4", 25)  # grid: 0.081 * 5 = 0.405
+    assert not deep.passed and deep.note.endswith(
+        "int4's grid alone explains <= 0.41 here (0.081 per quantized MatMul x sqrt(25)): "
+        "the error is the grid's")
+    shallow = compare_quantized(base, ref * 1.3, ref, "int4", 4)  # grid: 0.162 < 0.3
+    assert "0.16 here" in shallow.note and shallow.note.endswith("look for a defect")
+    assert "FAIL: rms err 0.300*rms(ref) > 0.25*rms(ref); int4's grid" in shallow.verdict()
     assert not compare_quantized(base, ref * 1.1, ref, "int8").passed  # 0.1 > 0.05
 
 

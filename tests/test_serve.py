@@ -113,6 +113,19 @@ def request(client: Any, x: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarra
     return {"hidden": result.as_numpy("hidden"), "pooled": result.as_numpy("pooled")}
 
 
+def _input(name: str, value: np.ndarray, dtype: str) -> Any:
+    tensor = triton_http.InferInput(name, list(value.shape), dtype)
+    tensor.set_data_from_numpy(value)
+    return tensor
+
+
+def client_error(info: Any, reason: str) -> None:
+    """A malformed request got HTTP 400 with a one-line readable reason, no traceback."""
+    error = info.value
+    assert error.status() == "400", (error.status(), error.message())
+    assert reason in error.message() and "Traceback" not in error.message(), error.message()
+
+
 def make_feeds(i: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(100 + i)
     batch, seq = (1, 2, 3)[i % 3], (4, 5, 7)[(i // 3) % 3]
@@ -128,7 +141,15 @@ def repo(tmp_path_factory) -> tuple[str, ag.Model, dict[str, np.ndarray]]:
     model = encoder()
     params = model.init(seed=4)
     ag.save_triton(model, params, folder, name="enc", max_batch_size=8)
+    ag.save_triton(lookup(), lookup().init(seed=2), folder, name="lookup", max_batch_size=8,
+                   max_queue_delay_us=300_000)
     return str(folder), model, params
+
+
+def lookup() -> ag.Model:
+    """Token ids -> embeddings: ids outside the vocabulary of 11 are the request's fault."""
+    ids = ag.input("ids", ("batch", "seq"), "int64")
+    return ag.Model({"ids": ids}, {"h": ag.embedding(ids, 11, 6, name="emb")}, name="lookup")
 
 
 def test_serve_concurrent_requests_batched_and_checked(repo) -> None:
@@ -174,26 +195,36 @@ def test_serve_concurrent_requests_batched_and_checked(repo) -> None:
 
         with served.client() as client:
             good = make_feeds(1)
-            bad_name = triton_http.InferInput("y", list(good["x"].shape), "FP32")
-            bad_name.set_data_from_numpy(good["x"])
-            keep = triton_http.InferInput("padding_mask", list(good["padding_mask"].shape),
-                                          "BOOL")
-            keep.set_data_from_numpy(good["padding_mask"])
-            with pytest.raises(InferenceServerException, match="unexpected inference input 'y'"):
-                client.infer("enc", [bad_name, keep])
-            with pytest.raises(InferenceServerException, match=r"(?i)shape"):
+            keep = _input("padding_mask", good["padding_mask"], "BOOL")
+            with pytest.raises(InferenceServerException) as info:  # wrong name
+                client.infer("enc", [_input("y", good["x"], "FP32"), keep])
+            client_error(info, "unexpected inference input 'y'")
+            with pytest.raises(InferenceServerException) as info:  # wrong last dim
                 request(client, np.zeros((2, 4, D + 1), np.float32), good["padding_mask"])
-            wrong_type = triton_http.InferInput("x", list(good["x"].shape), "FP64")
-            wrong_type.set_data_from_numpy(good["x"].astype(np.float64))
-            with pytest.raises(InferenceServerException, match=r"(?i)data.?type|datatype"):
-                client.infer("enc", [wrong_type, keep])
-            with pytest.raises(InferenceServerException, match=r"padding_mask") as info:
-                request(client, good["x"], np.ones((2, 6), bool))  # seq disagrees with x
-            assert "dim 'seq' is 6 here but 4 in 'x'" in str(info.value)
+            client_error(info, "unexpected shape for input 'x'")
+            with pytest.raises(InferenceServerException) as info:  # wrong dtype
+                client.infer("enc", [_input("x", good["x"].astype(np.float64), "FP64"), keep])
+            client_error(info, "data-type")
+            with pytest.raises(InferenceServerException) as info:  # only 'x' given
+                client.infer("enc", [_input("x", good["x"], "FP32")])
+            client_error(info, "expected 2 inputs but got 1")
+            with pytest.raises(InferenceServerException) as info:  # batch disagrees
+                request(client, good["x"], np.ones((1, 4), bool))
+            client_error(info, "batch size does not match other inputs")
+            with pytest.raises(InferenceServerException) as info:  # seq disagrees with x's
+                request(client, good["x"], np.ones((2, 6), bool))
+            client_error(info, "Session.run: 'padding_mask': dim 'seq' is 6 here but 4 in 'x'")
+            with pytest.raises(InferenceServerException) as info:  # an empty sequence
+                request(client, np.zeros((1, 0, D), np.float32), np.ones((1, 0), bool))
+            client_error(info, "input 'x' has shape [1, 0, 14]: every dim must be >= 1")
+            with pytest.raises(InferenceServerException) as info:  # a value it cannot take
+                client.infer("lookup", [_input("ids", np.array([[3, 40]]), "INT64")])
+            client_error(info, "embedding 'emb': ids must lie in [0, 11), given 40")
             again = request(client, good["x"], good["padding_mask"])  # still serving
             np.testing.assert_allclose(again["hidden"], model.predict(params, good)["hidden"],
                                        atol=1e-4, rtol=1e-4)
             assert client.is_server_ready()
+        merged_with_a_bad_request(served)
     except BaseException:
         served.kill()
         raise
@@ -201,6 +232,37 @@ def test_serve_concurrent_requests_batched_and_checked(repo) -> None:
     assert code == 0, err
     assert "stopped on SIGTERM" in err
     assert not listening(served.port) and not listening(served.grpc_port)
+
+
+def merged_with_a_bad_request(served: Served) -> None:
+    """Concurrent requests of one shape, one with an id outside the vocabulary: Triton merges
+    them into one batch; only the bad one is refused, the others get their results."""
+    model, params = lookup(), lookup().init(seed=2)
+    ids = [np.array([[1, 2, 3]]), np.array([[4, 5, 6]]), np.array([[7, 99, 8]]),
+           np.array([[9, 10, 0]])]
+    barrier = threading.Barrier(len(ids), timeout=60)
+
+    def call(i: int) -> Any:
+        with served.client() as client:
+            barrier.wait()
+            try:
+                return client.infer("lookup", [_input("ids", ids[i], "INT64")]).as_numpy("h")
+            except InferenceServerException as exc:
+                return exc
+
+    with ThreadPoolExecutor(len(ids)) as pool:
+        results = list(pool.map(call, range(len(ids)), timeout=120))
+    with served.client() as client:
+        stats = client.get_inference_statistics("lookup")["model_stats"][0]
+    assert max(int(b["batch_size"]) for b in stats["batch_stats"]) > 1, stats  # merged
+    for i, got in enumerate(results):
+        if i == 2:
+            assert isinstance(got, InferenceServerException) and got.status() == "400"
+            assert "ids must lie in [0, 11), given 99" in got.message(), got.message()
+        else:
+            assert isinstance(got, np.ndarray), got
+            np.testing.assert_allclose(got, model.predict(params, {"ids": ids[i]})["h"],
+                                       atol=1e-6)
 
 
 def test_serve_onnx_file_stops_on_sigint(tmp_path) -> None:

@@ -117,11 +117,21 @@ def test_fixed_batch_needs_max_batch_size_zero(tmp_path) -> None:
     ({"name": "m", "instances": 0}, "instances must be an int >= 1"),
     ({"name": "m", "kind": "tpu"}, "kind must be one of"),
     ({"name": "m", "max_batch_size": 0}, "dynamic_batching needs max_batch_size >= 1"),
+    ({"name": "m", "kind": ["cpu"]}, r"kind must be one of \['cpu', 'gpu'\], given \['cpu'\]"),
+    ({"name": "m", "instances": "2"}, "instances must be an int >= 1, given '2'"),
+    ({"name": "m", "kv_cahce": True},
+     r"unknown option \['kv_cahce'\]; it passes these to ag.export: \['target'"),
+    ({"name": "m", "target": "tf"}, "target must be one of"),
+    ({"name": "m", "repo": 5}, "repo must be a folder path.*given 5"),
+    ({"name": "m", "model": "x"}, "model must be an ag.Model.*given str"),
+    ({"name": "m", "params": [1]}, "params must be a mapping.*given list"),
 ])
 def test_mistakes(tmp_path, options: dict[str, Any], message: str) -> None:
+    """Bad arguments raise ConfigError before anything is written."""
     model = encoder()
+    args = {"model": model, "params": model.init(seed=0), "repo": tmp_path, **options}
     with pytest.raises(ag.ConfigError, match=message):
-        ag.save_triton(model, model.init(seed=0), tmp_path, **options)
+        ag.save_triton(args.pop("model"), args.pop("params"), args.pop("repo"), **args)
     assert os.listdir(tmp_path) == []
 
 
