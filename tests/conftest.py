@@ -49,3 +49,20 @@ def assert_parity(model: ag.Model, params: dict[str, np.ndarray] | None, feeds: 
             f"{target}/{name}: max abs error {diff.max():.3e} > {atol:.0e} at index {worst}: "
             f"got {actual[worst]!r}, reference {expected[worst]!r}")
     return ref
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`attngraph ARGV...` run in this process: (exit code, stdout, stderr)."""
+    from attngraph.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def model_file(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A model file for the CLI holding the test module's MODEL_FILE source; its path."""
+    path = tmp_path / "m.py"
+    path.write_text(request.module.MODEL_FILE)
+    return str(path)

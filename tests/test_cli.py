@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import run_cli
 
 from attngraph.cli import main
 
@@ -22,23 +23,11 @@ def build():
 '''
 
 
-@pytest.fixture
-def model_file(tmp_path) -> str:
-    path = tmp_path / "m.py"
-    path.write_text(MODEL_FILE)
-    return str(path)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.mark.parametrize("target", ["ort", "onnx", "decomposed"])
 def test_export(capsys, model_file: str, tmp_path, target: str) -> None:
     out_path = str(tmp_path / "m.onnx")
-    code, out, _ = run(capsys, "export", model_file, "-o", out_path, "--target", target)
+    code, out, _ = run_cli(capsys, "export", model_file, "-o", out_path, "--target", target)
     assert code == 0
     assert ("0 fused attention" if target == "decomposed" else "1 fused attention") in out
     proto = onnx.load(out_path)
@@ -47,20 +36,20 @@ def test_export(capsys, model_file: str, tmp_path, target: str) -> None:
 
 
 def test_summary_validate_run_analyze(capsys, model_file: str, tmp_path) -> None:
-    code, out, _ = run(capsys, "summary", model_file + ":build")
+    code, out, _ = run_cli(capsys, "summary", model_file + ":build")
     assert code == 0 and "multi_head_attention" in out and "Total parameters" in out
-    code, out, _ = run(capsys, "validate", model_file, "--seq", "5")
+    code, out, _ = run_cli(capsys, "validate", model_file, "--seq", "5")
     assert code == 0 and "PASSED" in out
     onnx_path = str(tmp_path / "m.onnx")
-    assert run(capsys, "export", model_file, "-o", onnx_path)[0] == 0
-    code, out, _ = run(capsys, "run", onnx_path, "--batch", "3", "--seq", "4", "--repeat", "2")
+    assert run_cli(capsys, "export", model_file, "-o", onnx_path)[0] == 0
+    code, out, _ = run_cli(capsys, "run", onnx_path, "--batch", "3", "--seq", "4", "--repeat", "2")
     assert code == 0 and "f32[3,4,3]" in out and "median" in out
     feeds = tmp_path / "feeds.npz"
     np.savez(feeds, x=np.zeros((1, 6, 16), np.float32))
-    code, out, _ = run(capsys, "run", onnx_path, "--inputs", str(feeds))
+    code, out, _ = run_cli(capsys, "run", onnx_path, "--inputs", str(feeds))
     assert code == 0 and "f32[1,6,3]" in out
     png = tmp_path / "heat.png"
-    code, out, _ = run(capsys, "analyze", model_file, "-o", str(png))
+    code, out, _ = run_cli(capsys, "analyze", model_file, "-o", str(png))
     assert code == 0 and "attn" in out and png.stat().st_size > 5000
     from PIL import Image
 
@@ -74,7 +63,7 @@ def test_user_mistakes_exit_2_with_one_line(capsys, model_file: str, tmp_path) -
     bad_npz = tmp_path / "bad.npz"
     bad_npz.write_bytes(b"junk")
     good_onnx = str(tmp_path / "ok.onnx")
-    assert run(capsys, "export", model_file, "-o", good_onnx)[0] == 0
+    assert run_cli(capsys, "export", model_file, "-o", good_onnx)[0] == 0
     cases = [
         (("summary", str(tmp_path / "missing.py")), "no such file"),
         (("summary", model_file + ":nothing"), "nothing"),
@@ -85,7 +74,7 @@ def test_user_mistakes_exit_2_with_one_line(capsys, model_file: str, tmp_path) -
         (("run", good_onnx, "--repeat", "0"), "repeat"),
     ]
     for argv, needle in cases:
-        code, out, err = run(capsys, *argv)
+        code, out, err = run_cli(capsys, *argv)
         assert code == 2, (argv, out, err)
         assert err.startswith("error: ") and err.count("\n") == 1, err
         assert needle.lower() in err.lower(), (needle, err)
@@ -105,9 +94,9 @@ def _bad_npz_files(tmp_path) -> dict[str, tuple[str, str]]:
 
 def test_bad_npz_inputs_one_line_without_numpy_hint(capsys, model_file: str, tmp_path) -> None:
     good_onnx = str(tmp_path / "ok.onnx")
-    assert run(capsys, "export", model_file, "-o", good_onnx)[0] == 0
+    assert run_cli(capsys, "export", model_file, "-o", good_onnx)[0] == 0
     for label, (path, needle) in _bad_npz_files(tmp_path).items():
-        code, out, err = run(capsys, "run", good_onnx, "--inputs", path)
+        code, out, err = run_cli(capsys, "run", good_onnx, "--inputs", path)
         assert code == 2 and out == "", (label, out, err)
         assert err.startswith(f"error: --inputs {path!r} {needle}"), (label, err)
         assert err.count("\n") == 1, (label, err)
@@ -176,9 +165,9 @@ def _head_kernel(path: str) -> np.ndarray:
 def test_model_file_forms(capsys, forms_file: str, tmp_path, name: str,
                           value: float | None) -> None:
     out_path = str(tmp_path / "f.onnx")
-    run(capsys, "export", forms_file + name, "-o", out_path)  # the CLI's own imports happen once
+    run_cli(capsys, "export", forms_file + name, "-o", out_path)  # the CLI's own imports happen once
     modules, path = set(sys.modules), list(sys.path)
-    code, out, err = run(capsys, "export", forms_file + name, "-o", out_path)
+    code, out, err = run_cli(capsys, "export", forms_file + name, "-o", out_path)
     assert code == 0, err
     assert out.startswith(f"wrote {out_path}: target ort, opset 23,") and "KiB" in out
     kernel = _head_kernel(out_path)
@@ -197,7 +186,7 @@ def test_params_flag_overrides_the_file(capsys, forms_file: str, tmp_path, suffi
     params_path = str(tmp_path / f"p{suffix}")
     ag.save_params(params, params_path)
     out_path = str(tmp_path / "p.onnx")
-    assert run(capsys, "export", forms_file + ":pair", "-o", out_path, "--params",
+    assert run_cli(capsys, "export", forms_file + ":pair", "-o", out_path, "--params",
                params_path)[0] == 0
     assert np.all(_head_kernel(out_path) == 0.25)
 
@@ -216,11 +205,11 @@ def test_int_ids_stay_inside_the_vocabulary(capsys, tmp_path) -> None:
     path = tmp_path / "embed.py"
     path.write_text(EMBED_FILE)
     # --seq 40: 80 draws; ids >= 3 would make the reference raise a FeedError
-    code, out, err = run(capsys, "validate", str(path), "--seq", "40", "--targets", "decomposed")
+    code, out, err = run_cli(capsys, "validate", str(path), "--seq", "40", "--targets", "decomposed")
     assert code == 0 and "ids i64[2,40]" in out and "PASSED" in out, err
     onnx_path = str(tmp_path / "embed.onnx")
-    assert run(capsys, "export", str(path), "-o", onnx_path, "--target", "decomposed")[0] == 0
-    code, out, err = run(capsys, "run", onnx_path, "--seq", "40", "--repeat", "1")
+    assert run_cli(capsys, "export", str(path), "-o", onnx_path, "--target", "decomposed")[0] == 0
+    code, out, err = run_cli(capsys, "run", onnx_path, "--seq", "40", "--repeat", "1")
     assert code == 0 and "f32[2,40,8]" in out, err
 
 
@@ -232,7 +221,7 @@ def test_failed_validation_exits_1(capsys, model_file: str, monkeypatch) -> None
         return ValidationReport("float32", [Check("ort", "output", 1.0, 1.0, 1e-4, 1e-4, False)])
 
     monkeypatch.setattr(validate_command, "validate", failing)
-    code, out, _ = run(capsys, "validate", model_file)
+    code, out, _ = run_cli(capsys, "validate", model_file)
     assert code == 1 and "FAILED" in out
 
 
@@ -258,7 +247,7 @@ def _write(tmp_path, name: str, text: str) -> str:
 
 def test_more_user_mistakes(capsys, model_file: str, forms_file: str, tmp_path) -> None:
     good_onnx = str(tmp_path / "ok.onnx")
-    assert run(capsys, "export", model_file, "-o", good_onnx)[0] == 0
+    assert run_cli(capsys, "export", model_file, "-o", good_onnx)[0] == 0
     empty = _write(tmp_path, "empty.py", "import attngraph as ag\ndef helper(a):\n    pass\n")
     heads = _write(tmp_path, "heads.py", "import attngraph as ag\n"
                    "x = ag.input('x', ('batch', 'seq', 10))\n"
@@ -301,7 +290,7 @@ def test_more_user_mistakes(capsys, model_file: str, forms_file: str, tmp_path) 
         (("run", str(tmp_path / "nope.onnx")), "no such file"),
     ]
     for argv, needle in cases:
-        code, out_text, err = run(capsys, *argv)
+        code, out_text, err = run_cli(capsys, *argv)
         assert code == 2, (argv, out_text, err)
         assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
         assert needle.lower() in err.lower(), (argv, needle, err)

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from test_analysis import _read, _runs
-
-from attngraph.cli import main
 
 MODEL_FILE = '''
 import attngraph as ag
@@ -18,22 +17,10 @@ def build():
 '''
 
 
-@pytest.fixture
-def model_file(tmp_path) -> str:
-    path = tmp_path / "lm.py"
-    path.write_text(MODEL_FILE)
-    return str(path)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def test_analyze_prompt_tokens_heat_map(capsys, model_file: str, tmp_path) -> None:
     png = tmp_path / "heat.png"
-    code, out, err = run(capsys, "analyze", model_file, "--prompt", "5 17 3 9 2 11",
+    code, out, err = run_cli(capsys, "analyze", model_file, "--prompt", "5 17 3 9 2 11",
                          "--tokens", "the cat sat on a mat", "-o", str(png))
     assert code == 0, err
     assert "feeds: input_ids i64[1,6]" in err and "wrote" in err
@@ -48,7 +35,7 @@ def test_analyze_prompt_tokens_heat_map(capsys, model_file: str, tmp_path) -> No
 
 
 def test_analyze_json_for_machines(capsys, model_file: str) -> None:
-    code, out, err = run(capsys, "analyze", model_file, "--prompt", "1,2,3,4,5,6,7", "--json")
+    code, out, err = run_cli(capsys, "analyze", model_file, "--prompt", "1,2,3,4,5,6,7", "--json")
     assert code == 0, err
     data = json.loads(out)  # stdout holds the JSON only
     assert [layer["name"] for layer in data["layers"]] == ["h.0.attn", "h.1.attn"]
@@ -62,7 +49,7 @@ def test_analyze_json_for_machines(capsys, model_file: str) -> None:
 def test_analyze_inputs_file(capsys, model_file: str, tmp_path) -> None:
     feeds = tmp_path / "feeds.npz"
     np.savez(feeds, input_ids=np.array([[3, 1, 4, 1, 5]], np.int64))
-    code, out, _ = run(capsys, "analyze", model_file, "--inputs", str(feeds), "--json")
+    code, out, _ = run_cli(capsys, "analyze", model_file, "--inputs", str(feeds), "--json")
     assert code == 0 and json.loads(out)["layers"][0]["shape"] == [1, 3, 5, 5]
 
 
@@ -73,12 +60,12 @@ def test_analyze_inputs_file(capsys, model_file: str, tmp_path) -> None:
     (("--prompt", "5", "--inputs", "f.npz"), "not allowed with argument"),
 ])
 def test_analyze_mistakes_exit_2(capsys, model_file: str, argv: tuple, message: str) -> None:
-    code, _, err = run(capsys, "analyze", model_file, *argv)
+    code, _, err = run_cli(capsys, "analyze", model_file, *argv)
     assert code == 2 and message in err and err.count("\n") <= 2
 
 
 def test_summary_context_prints_the_cache_total(capsys, model_file: str) -> None:
-    code, out, _ = run(capsys, "summary", model_file, "--context", "4096", "--dtype", "float16")
+    code, out, _ = run_cli(capsys, "summary", model_file, "--context", "4096", "--dtype", "float16")
     per_token = 2 * 3 * 8 * 2  # K and V, 3 heads of 8, float16
     assert code == 0 and "kv bytes/token" in out
     assert f"KV cache at context 4,096: {2 * 4096 * per_token:,} bytes" in out

@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import run_target
+from conftest import run_cli, run_target
 from safetensors.numpy import load_file, save_file
 
 import attngraph as ag
-from attngraph.cli import main
 from attngraph.models import hf
 
 ROOT = Path(__file__).parent / "goldens" / "hf"
@@ -327,29 +326,23 @@ def test_parameter_count_equals_the_index_metadata() -> None:
 # -- the command line: hf:DIR ----------------------------------------------------------------
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_export_and_generate_hf_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, _ = cli(capsys, "export", f"hf:{ROOT / 'gemma2'}/", "--kv-cache")
+    code, out, _ = run_cli(capsys, "export", f"hf:{ROOT / 'gemma2'}/", "--kv-cache")
     assert code == 0 and out.startswith("wrote gemma2.onnx: target ort") and \
         "3 fused attention" in out
     gold = golden("gemma2")
     new = gold["greedy"].shape[1] - gold["prompt"].shape[1]
     got = ag.generate(ag.Session("gemma2.onnx", ["CPUExecutionProvider"]), gold["prompt"], new)
     np.testing.assert_array_equal(got, gold["greedy"])
-    code, out, _ = cli(capsys, "export", f"hf:{ROOT / 'bert'}", "-o", "b.onnx", "--target",
+    code, out, _ = run_cli(capsys, "export", f"hf:{ROOT / 'bert'}", "-o", "b.onnx", "--target",
                        "decomposed")
     assert code == 0 and out.startswith("wrote b.onnx: target decomposed")
 
 
 def test_cli_summary_hf_folder(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(capsys, "summary", f"hf:{ROOT / 'llama'}")
+    code, out, _ = run_cli(capsys, "summary", f"hf:{ROOT / 'llama'}")
     count = json.loads((ROOT / "llama" / "model.safetensors.index.json").read_text())[
         "metadata"]["total_parameters"]
     assert code == 0 and f"Total parameters: {count:,}" in out and "layers.1.attn" in out
@@ -357,12 +350,12 @@ def test_cli_summary_hf_folder(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_hf_errors_are_one_line(capsys: pytest.CaptureFixture[str],
                                     tmp_path: Path) -> None:
-    code, _, err = cli(capsys, "summary", f"hf:{tmp_path / 'absent'}")
+    code, _, err = run_cli(capsys, "summary", f"hf:{tmp_path / 'absent'}")
     assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1
     folder = copy_folder("qwen2", tmp_path)
     edit_config(folder, hidden_act="relu", rope_parameters={"rope_type": "dynamic",
                                                             "factor": 2.0})
-    code, _, err = cli(capsys, "export", f"hf:{folder}", "-o", str(tmp_path / "q.onnx"))
+    code, _, err = run_cli(capsys, "export", f"hf:{folder}", "-o", str(tmp_path / "q.onnx"))
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "hidden_act='relu'" in err and "rope_parameters: rope_type 'dynamic'" in err
     assert not (tmp_path / "q.onnx").exists()
