@@ -270,3 +270,27 @@ def test_goldens_are_small_and_complete() -> None:
         assert os.path.getsize(os.path.join(GOLDENS, f"{name}.npz")) < 200_000, name
         gold = load_golden(name)
         assert gold["w"] and gold["in"] and gold["out"] and int(gold["param_count"]) > 0
+
+
+def test_golden_scripts_share_one_table_of_configs(monkeypatch) -> None:
+    """make_hf_goldens.py takes the GPT-2 / BERT / T5 configs, the classes and the norm epsilon
+    from hf_checkpoints.py (one source of truth), and its tables still describe the committed
+    hf_*.npz files (the configs transformers recorded in them)."""
+    monkeypatch.syspath_prepend(GOLDENS)
+    import hf_checkpoints
+    import make_hf_goldens
+
+    shared = hf_checkpoints.CHECKPOINTS
+    assert make_hf_goldens.HF_CONFIGS["bert"] is shared["bert"]
+    assert make_hf_goldens.HF_CONFIGS["t5"] is shared["t5"]
+    assert make_hf_goldens.HF_CONFIGS["gpt2"] == {**shared["gpt2"], "n_positions": 16}
+    assert make_hf_goldens.NORM_EPS is hf_checkpoints.NORM_EPS
+    assert all(make_hf_goldens.HF_CLASSES[k] is hf_checkpoints.CLASSES[k]
+               for k in make_hf_goldens.HF_CONFIGS)
+    for kind, config in make_hf_goldens.HF_CONFIGS.items():
+        with np.load(os.path.join(GOLDENS, f"hf_{kind}.npz"), allow_pickle=False) as data:
+            recorded = json.loads(str(data["config"]))
+        rope = recorded.get("rope_parameters") or {}  # transformers 5 moves rope_theta there
+        for key, value in config.items():
+            got = rope.get(key) if key == "rope_theta" and key not in recorded else recorded[key]
+            assert got == value, (kind, key, got, value)

@@ -1,5 +1,10 @@
 """Checkpoint folders and goldens for `ag.models.hf.from_pretrained` (run by make_hf_goldens.py).
 
+This module is also the one place for what both sets of Hugging Face goldens share: the norm
+epsilon, the GPT-2 / BERT / T5 configs (`CHECKPOINTS`; make_hf_goldens.py's `hf_*.npz` files use
+the same ones, GPT-2 with fewer positions), the config and model classes (`CLASSES`) and the
+BERT / T5 forward inputs (`forward_inputs`).
+
 For each family one folder `tests/goldens/hf/<name>/`, exactly what `save_pretrained` writes
 (config.json, generation_config.json, model.safetensors or shards + index), plus `golden.npz`:
 
@@ -81,7 +86,9 @@ MIN_MARGIN = 1e-3
 MAX_TOTAL = 2_000_000
 
 
-def _inputs(name: str, rng: np.random.Generator, vocab: int) -> dict[str, np.ndarray]:
+def forward_inputs(name: str, rng: np.random.Generator, vocab: int) -> dict[str, np.ndarray]:
+    """The inputs of one forward pass: BERT and T5 with right padding in the second row, the
+    decoder LMs 11 token ids."""
     if name == "bert":
         ids = rng.integers(1, vocab, (2, 9))
         mask = np.ones((2, 9), np.int64)
@@ -153,7 +160,7 @@ def write_checkpoint(torch: Any, transformers: Any, name: str, root: Path,
         model.save_pretrained(folder, max_shard_size="80KB" if name == SHARDED else "50GB")
     model.double()  # float64 run of the stored weights
     rng = np.random.default_rng(SEEDS[name])
-    feeds = _inputs(name, rng, config.vocab_size)
+    feeds = forward_inputs(name, rng, config.vocab_size)
     with torch.no_grad():
         out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()},
                     **({} if name == "bert" else {"use_cache": False}))

@@ -60,40 +60,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hf_checkpoints import write_all  # the from_pretrained folders (tests/goldens/hf/)
+from hf_checkpoints import (  # the from_pretrained folders (tests/goldens/hf/) and what
+    CHECKPOINTS,  # both sets of goldens share
+    CLASSES,
+    NORM_EPS,
+    forward_inputs,
+    write_all,
+)
 from make_goldens import write_npz  # the same byte-stable .npz writer
 
 MAX_BYTES = 200_000
-NORM_EPS = 1e-2
 
-# Tiny configs. Llama / Mistral: head_dim 16 (hidden 64 / 4 heads) with 2 kv heads (GQA), so
-# onnxruntime's fused rotary kernels apply; Mistral's window (4) is shorter than its sequence
-# (11). T5: head_dim (d_kv=8) * num_heads (3) != d_model, 8 buckets with max_distance 8 so both
-# the logarithmic buckets and the clamp at max_distance are reached by an 11-token input.
-# rope_theta: the name transformers < 5 takes and transformers 5 turns into rope_parameters
+# Tiny configs: GPT-2, BERT and T5 are hf_checkpoints.py's (GPT-2 with 16 positions; T5:
+# head_dim (d_kv=8) * num_heads (3) != d_model, 8 buckets with max_distance 8 so both the
+# logarithmic buckets and the clamp at max_distance are reached by an 11-token input).
+# Llama / Mistral here are their own older, smaller configs: head_dim 16 (hidden 64 / 4 heads)
+# with 2 kv heads (GQA), so onnxruntime's fused rotary kernels apply; Mistral's window (4) is
+# shorter than its sequence (11). rope_theta: the name transformers < 5 takes and transformers
+# 5 turns into rope_parameters.
 _DECODER = {"vocab_size": 48, "hidden_size": 64, "intermediate_size": 32,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "rms_norm_eps": NORM_EPS, "rope_theta": 1000.0, "bos_token_id": 0,
             "eos_token_id": 1}
 HF_CONFIGS: dict[str, dict[str, Any]] = {
-    "gpt2": {"vocab_size": 100, "n_positions": 16, "n_embd": 32, "n_layer": 2, "n_head": 4,
-             "layer_norm_epsilon": NORM_EPS, "bos_token_id": 0, "eos_token_id": 0},
-    "bert": {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 16,
-             "type_vocab_size": 2, "layer_norm_eps": NORM_EPS},
-    "t5": {"vocab_size": 64, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2,
-           "num_decoder_layers": 2, "num_heads": 3, "relative_attention_num_buckets": 8,
-           "relative_attention_max_distance": 8, "layer_norm_epsilon": NORM_EPS},
+    "gpt2": {**CHECKPOINTS["gpt2"], "n_positions": 16},
+    "bert": CHECKPOINTS["bert"],
+    "t5": CHECKPOINTS["t5"],
     "llama": dict(_DECODER),
     "mistral": {**_DECODER, "sliding_window": 4},
 }
-HF_CLASSES = {
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
-    "bert": ("BertConfig", "BertModel"),
-    "t5": ("T5Config", "T5ForConditionalGeneration"),
-    "llama": ("LlamaConfig", "LlamaForCausalLM"),
-    "mistral": ("MistralConfig", "MistralForCausalLM"),
-}
+HF_CLASSES = {k: CLASSES[k] for k in HF_CONFIGS}
 SEEDS = {"gpt2": 10, "bert": 11, "t5": 12, "llama": 13, "mistral": 14, "torch_mha": 20,
          "torch_encoder_post_relu": 21, "torch_encoder_pre_gelu": 22,
          "torch_decoder_post_gelu": 23, "torch_decoder_pre_relu": 24}
@@ -144,22 +140,8 @@ def _run_both(torch: Any, module: Any, run: Any) -> dict[str, np.ndarray]:
 
 
 def _hf_inputs(kind: str, rng: np.random.Generator, vocab: int) -> dict[str, np.ndarray]:
-    if kind == "bert":
-        ids = rng.integers(1, vocab, (BATCH, 9))
-        mask = np.ones((BATCH, 9), np.int64)
-        mask[1, 6:] = 0  # the second sequence has 3 padding tokens
-        ids[mask == 0] = 0
-        types = np.zeros((BATCH, 9), np.int64)
-        types[:, 4:] = 1
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-    if kind == "t5":
-        ids = rng.integers(2, vocab, (BATCH, 11))
-        mask = np.ones((BATCH, 11), np.int64)
-        mask[1, 7:] = 0  # 4 padding tokens
-        ids[mask == 0] = 0
-        dec = rng.integers(2, vocab, (BATCH, 7))
-        dec[:, 0] = 0  # decoder_start_token_id
-        return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec}
+    if kind in ("bert", "t5"):
+        return forward_inputs(kind, rng, vocab)
     seq = 11 if kind == "mistral" else 9
     return {"input_ids": rng.integers(0, vocab, (BATCH, seq))}
 
