@@ -34,6 +34,8 @@ def _as_named(values: Any, what: str, default: str) -> dict[str, Value]:
             f"Model: {what} must be a value, a list or a dict of values, given {type(values).__name__}"
         )
     for key, v in out.items():
+        if not isinstance(key, str) or not key:
+            raise GraphError(f"Model: {what} names must be non-empty strings, given {key!r}")
         if not isinstance(v, Value):
             raise GraphError(f"Model: {what} entry {key!r} is not a graph value (given {v!r})")
     if not out:
@@ -197,6 +199,8 @@ class Model:
 
         c = Checker("predict", None, caller_location())
         c.choice(attention, "attention", MODES)
+        c.flag(check_finite, "check_finite")
+        c.flag(kv_cache, "kv_cache")
         c.pos_int(chunk_size, "chunk_size")
         with attention_mode(attention, chunk_size):
             if kv_cache:
