@@ -20,11 +20,12 @@ models/windowed_kv_cache.cpp and models/position_inputs.cpp) that shape the file
   window in the op (`local_window_size`), so the block states `cache_slack` = the context
   length: every listed layer's buffer then holds the whole sequence (measured: with the
   default slack, presents of window + 16 positions against the 22 the op computes).
-- without the shared buffer it allocates a listed layer's present at min(total, window +
-  slack), slack >= 1, and an unlisted one at the total length, while attngraph's copying export
-  keeps exactly the last `window` positions of a windowed layer: the two never agree once the
-  sequence outgrows the window, so windowed models need the shared buffer (measured: a present
-  of 6 positions allocated for the 5 the model computes).
+- without the shared buffer it allocates a listed layer's present at min(total, window_size +
+  slack), slack >= 1, while attngraph's copying export keeps exactly the last `window`
+  positions of a windowed layer (measured with window_size = window: a present of 6 positions
+  allocated for the 5 the model computes). With both slides off, `window_size` only sizes those
+  caches (the model applies its own window), so the copying form's block states window_size =
+  window - 1 and cache_slack = 1: genai's cache is then exactly the model's.
 - a padded batch is read from `pad_token_id`: genai marks a row's trailing pad tokens with
   mask 0 and counts every token before the row's last non-pad one, leading pads included, as
   real. So genai takes right-padded batches (pads after each row's tokens); their greedy tokens
@@ -84,8 +85,8 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
             tokenizer, target, dtype, a token id, context_length) or an option `ag.export`
             does not take.
         ExportError: the folder cannot be written, or `tokenizer` has no tokenizer file.
-        UnsupportedError: not a cached decoder, layers of different head counts or window
-            sizes, or a windowed model without the shared buffer (see the module docstring).
+        UnsupportedError: not a cached decoder, or layers of different head counts or window
+            sizes (genai's config holds one of each).
     """
     from ._export import export
 
@@ -111,14 +112,10 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
     else:
         shared = share_buffer_choice(layers, target, wanted, "save_genai")
     windows = sorted({x.window for x in layers if x.window is not None})
-    if windows and not shared:
-        raise UnsupportedError(
-            "save_genai: a windowed model needs share_buffer=True (target 'ort', head_dim % 8 "
-            "== 0): without the shared buffer onnxruntime-genai allocates a windowed layer's "
-            "cache at min(length, window + cache_slack) with cache_slack >= 1 (or at the whole "
-            f"length without a sliding_window block), while attngraph's copying export keeps "
-            f"exactly the last window {windows} positions, so their shapes differ once the "
-            "sequence outgrows the window")
+    if windows == [1] and not shared:
+        raise UnsupportedError("save_genai: a window of 1 needs share_buffer=True: the copying "
+                               "form states window_size = window - 1, and genai reads 0 as no "
+                               "window")
     if len(windows) > 1:
         raise UnsupportedError(f"save_genai: genai_config.json's sliding_window block holds one "
                                f"window size, the model's layers use {windows}")
@@ -145,9 +142,11 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
     config = _config(model, vocab, layers[0].node.attrs["embed_dim"], num_heads, kv_heads,
                      head_dim, len(layers), context, ids, shared)
     if windows:  # see the module docstring for why these values
+        # shared: every position stays resident; copying: genai's cache = the model's window
+        size, slack = (windows[0], context) if shared else (windows[0] - 1, 1)
         config["model"]["decoder"]["sliding_window"] = {
-            "window_size": windows[0], "layers": [i for i, x in enumerate(layers) if x.window],
-            "slide_key_value_cache": False, "slide_inputs": False, "cache_slack": context}
+            "window_size": size, "layers": [i for i, x in enumerate(layers) if x.window],
+            "slide_key_value_cache": False, "slide_inputs": False, "cache_slack": slack}
     text = json.dumps(config, indent=2) + "\n"
     atomic_write_bytes(os.path.join(out, "genai_config.json"), text.encode(), what="save_genai")
     if tokenizer_files is not None:

@@ -55,7 +55,7 @@ def genai_tokens(folder: str, ids: np.ndarray, new: int) -> np.ndarray:
 
 
 CASES = [("gpt", True), ("gpt", False), ("llama", True), ("llama", False), ("mistral", True),
-         ("qwen2", True), ("qwen2", False), ("gemma2", True), ("phi3", True), ("phi3", False)]
+         ("mistral", False), ("qwen2", True), ("qwen2", False), ("gemma2", True), ("gemma2", False), ("phi3", True), ("phi3", False)]
 
 
 @pytest.mark.parametrize(("kind", "share"), CASES)
@@ -74,10 +74,12 @@ def test_genai_greedy_tokens_equal_generate(tmp_path, kind: str, share: bool) ->
         np.testing.assert_array_equal(got, expected, err_msg=f"{kind} share={share} B={batch}")
         assert len(set(expected[:, 6:].ravel().tolist())) > 3  # the tokens really vary
     block = config["model"]["decoder"].get("sliding_window")
-    if kind in ("mistral", "gemma2"):  # genai read the block and kept every position resident
-        assert block == {"window_size": WINDOW, "layers": [0, 1] if kind == "mistral" else [0],
+    if kind in ("mistral", "gemma2"):  # shared: genai kept every position resident; copying:
+        # its cache (window_size + cache_slack) is exactly the model's last WINDOW positions
+        size, slack = (WINDOW, 64) if share else (WINDOW - 1, 1)
+        assert block == {"window_size": size, "layers": [0, 1] if kind == "mistral" else [0],
                          "slide_key_value_cache": False, "slide_inputs": False,
-                         "cache_slack": 64}
+                         "cache_slack": slack}
     else:
         assert block is None
 
@@ -186,9 +188,12 @@ def test_og_tokenizer_loads_copied_files(tmp_path) -> None:
 
 def test_genai_mistakes(tmp_path) -> None:
     mistral, params = tiny("mistral")
-    with pytest.raises(ag.UnsupportedError, match=r"windowed model needs share_buffer=True.*"
-                       r"window \+ cache_slack.*last window \[5\] positions"):
-        ag.save_genai(mistral, params, tmp_path / "m", share_buffer=False)
+    one = ag.models.mistral(vocab_size=VOCAB, hidden_size=64, intermediate_size=40,
+                            num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                            sliding_window=1)
+    with pytest.raises(ag.UnsupportedError, match="window of 1 needs share_buffer=True"):
+        ag.save_genai(one, one.init(seed=0), tmp_path / "w1", share_buffer=False)
+    assert not (tmp_path / "w1").exists()
     mistakes = [((mistral, params, 5), {}, r"out_dir must be a folder path.*given 5"),
                 (("x", params, tmp_path / "m"), {}, r"model must be an ag.Model.*given str"),
                 ((mistral, [1], tmp_path / "m"), {}, r"params must be a mapping.*given list"),
