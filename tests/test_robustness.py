@@ -173,7 +173,7 @@ def _release(text: str) -> tuple[int, ...]:
 
 
 def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
-    import tomllib
+    from conftest import tomllib
     from importlib.metadata import version
 
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:

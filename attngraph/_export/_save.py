@@ -31,13 +31,16 @@ import os
 import re
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Self
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import onnx
 from onnx import TensorProto
 
 from .._io import TempFile, atomic_write_bytes, directory_lock
 from ._weights import Scratch, Weight
+
+if TYPE_CHECKING:  # typing.Self is new in Python 3.11
+    from typing import Self
 
 EXTERNAL_MIN = 1024  # initialisers of this many bytes or more go to external data (as onnx)
 ALIGN_FROM, ALIGN = 1 << 20, 1 << 16  # as onnx's writer: tensors of 1 MiB+ at 64 KiB offsets,
