@@ -27,7 +27,7 @@ then slows every column alike). Figures are ratios of cells measured side by sid
     .venv/bin/python bench/decode.py --quick          # context 2048 only
     flock /tmp/attngraph-bench.lock .venv/bin/python bench/decode.py
 
-Results: bench/results/decode.md and decode.json (decode_quick.* with --quick).
+Results: bench/results/decode.md and decode.json (decode_quick.* with --quick; not kept).
 """
 
 from __future__ import annotations
