@@ -79,6 +79,15 @@ def _cases(model, params, feeds, tmp):
                        ag.ShapeError, "shape must be a tuple"),
         "with_dtype": (lambda: model.inputs["x"].type.with_dtype(3),
                        ag.ShapeError, "dtype must be one of"),
+        "TensorType dtype": (lambda: ag.TensorType(3, (2, 5)),
+                             ag.ShapeError, "dtype must be a dtype name"),
+        "TensorType shape": (lambda: ag.TensorType("float32", 4),
+                             ag.ShapeError, "shape must be a tuple"),
+        "feed_forward activation": (lambda: ag.feed_forward(model.inputs["x"], 4,
+                                                            activation="bogus", name="f"),
+                                    ag.ConfigError, "activation must be one of"),
+        "feed_forward input": (lambda: ag.feed_forward(3, 4, name="f"),
+                               ag.ConfigError, "input must be a graph value"),
     }
 
 
