@@ -19,6 +19,11 @@ def setup():
     return model, params, feeds
 
 
+def _other_node():
+    x = ag.input("x", ("batch", 5, 12))
+    return ag.relu(x, name="other").node
+
+
 def _cases(model, params, feeds, tmp):
     report = ag.analyze(model, params, feeds)
     png = str(tmp / "a.png")
@@ -86,6 +91,10 @@ def _cases(model, params, feeds, tmp):
         "feed_forward activation": (lambda: ag.feed_forward(model.inputs["x"], 4,
                                                             activation="bogus", name="f"),
                                     ag.ConfigError, "activation must be one of"),
+        "name_of int": (lambda: model.name_of(3),
+                        ag.GraphError, "node must be a node of this model, given int"),
+        "name_of other model's node": (lambda: model.name_of(_other_node()),
+                                       ag.GraphError, "node must be a node of this model"),
         "feed_forward input": (lambda: ag.feed_forward(3, 4, name="f"),
                                ag.ConfigError, "input must be a graph value"),
     }
