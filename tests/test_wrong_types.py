@@ -26,6 +26,8 @@ def _other_node():
 
 def _cases(model, params, feeds, tmp):
     report = ag.analyze(model, params, feeds)
+    checked = ag.validate(model, params, feeds, targets=["decomposed"])
+    cost = ag.attention_cost(model)["att"]
     png = str(tmp / "a.png")
     return {
         "from_pretrained(3)": (lambda: ag.models.hf.from_pretrained(3),
@@ -95,6 +97,16 @@ def _cases(model, params, feeds, tmp):
                         ag.GraphError, "node must be a node of this model, given int"),
         "name_of other model's node": (lambda: model.name_of(_other_node()),
                                        ag.GraphError, "node must be a node of this model"),
+        "worst int": (lambda: checked.worst(3),
+                      ag.ExportError, "target must be one of ['ort', 'onnx', 'decomposed']"),
+        "worst unknown": (lambda: checked.worst("onnxruntime"),
+                          ag.ExportError, "given 'onnxruntime'"),
+        "kv_cache_bytes context": (lambda: cost.kv_cache_bytes("5"),
+                                   ag.ConfigError, "context must be an int >= 0, given '5'"),
+        "kv_cache_bytes negative": (lambda: cost.kv_cache_bytes(-5),
+                                    ag.ConfigError, "context must be an int >= 0, given -5"),
+        "kv_cache_bytes batch": (lambda: cost.kv_cache_bytes(5, batch=2.5),
+                                 ag.ConfigError, "batch must be a positive int, given 2.5"),
         "feed_forward input": (lambda: ag.feed_forward(3, 4, name="f"),
                                ag.ConfigError, "input must be a graph value"),
     }
@@ -143,3 +155,10 @@ def test_plot_attention_takes_one_layer_name(setup, tmp_path) -> None:
     out = ag.plot_attention(report, tmp_path / "one.png", layers="att")
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_worst_is_nan_for_a_target_not_checked(setup) -> None:
+    model, params, feeds = setup
+    checked = ag.validate(model, params, feeds, targets=["decomposed"])
+    assert np.isnan(checked.worst("ort"))
+    assert 0.0 <= checked.worst("decomposed") < 1e-4
