@@ -162,3 +162,17 @@ def test_worst_is_nan_for_a_target_not_checked(setup) -> None:
     checked = ag.validate(model, params, feeds, targets=["decomposed"])
     assert np.isnan(checked.worst("ort"))
     assert 0.0 <= checked.worst("decomposed") < 1e-4
+
+
+def test_timestep_index_outside_the_sequence_is_a_clear_error() -> None:
+    x = ag.input("x", ("batch", 5, 7))
+    with pytest.raises(ag.ShapeError, match=r"index 5 is outside a sequence of 5"):
+        ag.timestep(x, 5, name="cls")
+    y = ag.input("y", ("batch", "seq", 7))
+    model = ag.Model(y, ag.timestep(y, -4, name="cls"))
+    feeds = {"y": np.random.default_rng(5).standard_normal((2, 3, 7)).astype(np.float32)}
+    with pytest.raises(ag.FeedError, match=r"cls.*index -4 is outside a sequence of 3"):
+        model.predict(model.init(seed=1), feeds)
+    longer = {"y": np.random.default_rng(5).standard_normal((2, 4, 7)).astype(np.float32)}
+    got = model.predict(model.init(seed=1), longer)["output"]
+    np.testing.assert_array_equal(got, longer["y"][:, 0, :])
