@@ -59,9 +59,9 @@ SHAPES: dict[str, dict[str, Any]] = {
 CONTEXTS = (512, 2048)
 QUICK_CONTEXTS = (2048,)
 COLUMNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy")
-# what runs: "interleaved" measures cached, hf, genai and genai_copy token by token in one
-# process (the default); each other name is a cell of its own
-RUNS = ("interleaved", "copying", "recompute")
+# what runs by default: every column in a process of its own; "interleaved" (cached, hf,
+# genai and genai_copy token by token in one process) is there to compare under load
+RUNS = COLUMNS
 NEW_TOKENS = 32
 GOAL_CONTEXT = 2048
 GOALS = {"recompute": 10.0, "hf": 2.5, "genai": 1.2}  # cached / column, at GOAL_CONTEXT
@@ -290,9 +290,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="context 2048 only")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--columns", default=",".join(RUNS), help="interleaved (cached, hf, "
-                        "genai, genai_copy token by token) and/or separate cells: "
-                        + ", ".join(COLUMNS))
+    parser.add_argument("--columns", default=",".join(RUNS), help="cells, each in its "
+                        "own process: " + ", ".join(COLUMNS) + ", or interleaved (cached, hf, "
+                        "genai and genai_copy token by token in one process)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for every "
                         "engine (0: each engine's default); 1 is steadier on a busy machine")
     parser.add_argument("--out", help="results name (default decode, decode_quick)")
