@@ -153,7 +153,13 @@ class Model:
 
     def name_of(self, node: Node) -> str:
         """The layer name of a node of this model (explicit, or auto-named `<op>_<n>`)."""
-        return self.node_names[node]
+        try:
+            return self.node_names[node]
+        except (KeyError, TypeError):
+            what = repr(node) if isinstance(node, Node) else type(node).__name__
+            loc = caller_location()
+            raise GraphError(f"Model.name_of: node must be a node of this model, given {what}"
+                             + (f" (at {loc})" if loc else "")) from None
 
     @property
     def input_types(self) -> dict[str, TensorType]:

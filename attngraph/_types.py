@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeGuard, Union
 
 import numpy as np
 
@@ -38,6 +38,15 @@ class TensorType:
     dtype: str
     shape: tuple[Dim, ...]
 
+    def __post_init__(self) -> None:
+        # Only the kinds are checked: a foreign model's or array's dtype (float64) may be shown
+        if not isinstance(self.dtype, str) or not self.dtype:
+            raise ShapeError(f"TensorType: dtype must be a dtype name such as "
+                             f"{list(DTYPES)}, given {self.dtype!r}")
+        if not _is_shape(self.shape):
+            raise ShapeError(f"TensorType: shape must be a tuple of ints, names or None, "
+                             f"given {self.shape!r}")
+
     @property
     def rank(self) -> int:
         """The number of dims."""
@@ -49,19 +58,25 @@ class TensorType:
 
     def with_shape(self, shape: tuple[Dim, ...]) -> TensorType:
         """The same dtype with another shape (a tuple of dims: ints, names or None)."""
-        if not isinstance(shape, (tuple, list)) or not all(
-                d is None or isinstance(d, str) or isinstance(d, int) and not isinstance(d, bool)
-                for d in shape):
+        dims = tuple(shape) if isinstance(shape, (tuple, list)) else None
+        if not _is_shape(dims):
             raise ShapeError(f"TensorType.with_shape: shape must be a tuple of ints, names or "
                              f"None, given {shape!r}")
-        return TensorType(self.dtype, tuple(shape))
+        return TensorType(self.dtype, dims)
 
     def with_dtype(self, dtype: str) -> TensorType:
         """The same shape with another dtype ("float32", "int64", ...)."""
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ShapeError(f"TensorType.with_dtype: dtype must be one of {list(DTYPES)}, "
                              f"given {dtype!r}")
         return TensorType(dtype, self.shape)
+
+
+def _is_shape(shape: object) -> TypeGuard[tuple[Dim, ...]]:
+    """A tuple of dims: ints (not bools), names or None."""
+    return isinstance(shape, tuple) and all(
+        d is None or isinstance(d, str) or isinstance(d, int) and not isinstance(d, bool)
+        for d in shape)
 
 
 def same_dim(a: Dim, b: Dim) -> bool | None:

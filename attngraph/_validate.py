@@ -64,6 +64,10 @@ class ValidationReport:
     def worst(self, target: str) -> float:
         """The largest max abs error over `target`'s outputs ("ort", "onnx", "decomposed");
         NaN when the report holds no check for that target."""
+        if not isinstance(target, str) or target not in TARGETS:
+            loc = caller_location()
+            raise ExportError(f"ValidationReport.worst: target must be one of {list(TARGETS)}, "
+                              f"given {target!r}" + (f" (at {loc})" if loc else ""))
         return max((c.max_abs for c in self.checks if c.target == target), default=float("nan"))
 
     def __str__(self) -> str:

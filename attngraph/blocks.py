@@ -29,6 +29,11 @@ def feed_forward(x: Value, ffn_dim: int, *, activation: str = "gelu", out_dim: i
                  use_bias: bool = True, name: str) -> Value:
     """dense(ffn_dim) -> activation -> dense(out_dim); "swiglu"/"geglu" gate a second
     projection: act(gate(x)) * up(x). Layers: `{name}.up`, `{name}.gate`, `{name}.down`."""
+    c = Checker("feed_forward", name, caller_location())
+    c.value(x, "input")
+    c.pos_int(ffn_dim, "ffn_dim")
+    c.pos_int(out_dim, "out_dim", optional=True)
+    c.choice(activation, "activation", ACTIVATIONS)
     out_dim = out_dim or x.shape[-1]
     up = dense(x, ffn_dim, use_bias=use_bias, name=f"{name}.up")
     if activation in ("swiglu", "geglu"):

@@ -45,6 +45,10 @@ class AttentionCost:
 
     def kv_cache_bytes(self, context: int, batch: int = 1) -> int:
         """Bytes of keys and values held for `context` tokens (window-bounded) per batch."""
+        c = Checker("AttentionCost.kv_cache_bytes", None, caller_location())
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            c.fail(f"context must be an int >= 0, given {context!r}")
+        c.pos_int(batch, "batch")
         tokens = context if self.window is None else min(context, self.window)
         return batch * tokens * self.kv_cache_bytes_per_token
 

@@ -19,8 +19,15 @@ def setup():
     return model, params, feeds
 
 
+def _other_node():
+    x = ag.input("x", ("batch", 5, 12))
+    return ag.relu(x, name="other").node
+
+
 def _cases(model, params, feeds, tmp):
     report = ag.analyze(model, params, feeds)
+    checked = ag.validate(model, params, feeds, targets=["decomposed"])
+    cost = ag.attention_cost(model)["att"]
     png = str(tmp / "a.png")
     return {
         "from_pretrained(3)": (lambda: ag.models.hf.from_pretrained(3),
@@ -79,6 +86,29 @@ def _cases(model, params, feeds, tmp):
                        ag.ShapeError, "shape must be a tuple"),
         "with_dtype": (lambda: model.inputs["x"].type.with_dtype(3),
                        ag.ShapeError, "dtype must be one of"),
+        "TensorType dtype": (lambda: ag.TensorType(3, (2, 5)),
+                             ag.ShapeError, "dtype must be a dtype name"),
+        "TensorType shape": (lambda: ag.TensorType("float32", 4),
+                             ag.ShapeError, "shape must be a tuple"),
+        "feed_forward activation": (lambda: ag.feed_forward(model.inputs["x"], 4,
+                                                            activation="bogus", name="f"),
+                                    ag.ConfigError, "activation must be one of"),
+        "name_of int": (lambda: model.name_of(3),
+                        ag.GraphError, "node must be a node of this model, given int"),
+        "name_of other model's node": (lambda: model.name_of(_other_node()),
+                                       ag.GraphError, "node must be a node of this model"),
+        "worst int": (lambda: checked.worst(3),
+                      ag.ExportError, "target must be one of ['ort', 'onnx', 'decomposed']"),
+        "worst unknown": (lambda: checked.worst("onnxruntime"),
+                          ag.ExportError, "given 'onnxruntime'"),
+        "kv_cache_bytes context": (lambda: cost.kv_cache_bytes("5"),
+                                   ag.ConfigError, "context must be an int >= 0, given '5'"),
+        "kv_cache_bytes negative": (lambda: cost.kv_cache_bytes(-5),
+                                    ag.ConfigError, "context must be an int >= 0, given -5"),
+        "kv_cache_bytes batch": (lambda: cost.kv_cache_bytes(5, batch=2.5),
+                                 ag.ConfigError, "batch must be a positive int, given 2.5"),
+        "feed_forward input": (lambda: ag.feed_forward(3, 4, name="f"),
+                               ag.ConfigError, "input must be a graph value"),
     }
 
 
@@ -125,3 +155,24 @@ def test_plot_attention_takes_one_layer_name(setup, tmp_path) -> None:
     out = ag.plot_attention(report, tmp_path / "one.png", layers="att")
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_worst_is_nan_for_a_target_not_checked(setup) -> None:
+    model, params, feeds = setup
+    checked = ag.validate(model, params, feeds, targets=["decomposed"])
+    assert np.isnan(checked.worst("ort"))
+    assert 0.0 <= checked.worst("decomposed") < 1e-4
+
+
+def test_timestep_index_outside_the_sequence_is_a_clear_error() -> None:
+    x = ag.input("x", ("batch", 5, 7))
+    with pytest.raises(ag.ShapeError, match=r"index 5 is outside a sequence of 5"):
+        ag.timestep(x, 5, name="cls")
+    y = ag.input("y", ("batch", "seq", 7))
+    model = ag.Model(y, ag.timestep(y, -4, name="cls"))
+    feeds = {"y": np.random.default_rng(5).standard_normal((2, 3, 7)).astype(np.float32)}
+    with pytest.raises(ag.FeedError, match=r"cls.*index -4 is outside a sequence of 3"):
+        model.predict(model.init(seed=1), feeds)
+    longer = {"y": np.random.default_rng(5).standard_normal((2, 4, 7)).astype(np.float32)}
+    got = model.predict(model.init(seed=1), longer)["output"]
+    np.testing.assert_array_equal(got, longer["y"][:, 0, :])

@@ -159,7 +159,17 @@ register("positional_encoding", infer=_pos_infer, reference=_pos_ref, decomposed
 def _last_infer(types: list[Any], attrs: Any, fail: Fail) -> list[Any]:
     (x,) = types
     need_rank(x, (3,), "input [batch, seq, dim]", fail)
+    problem = _index_problem(attrs.get("index", -1), x.shape[1])
+    if problem is not None:
+        fail(problem)
     return [x.with_shape((x.shape[0], x.shape[2]))]
+
+
+def _index_problem(index: int, seq: Any) -> str | None:
+    """Why `index` cannot pick a frame of a sequence of `seq` frames (None: it can, or unknown)."""
+    if isinstance(seq, int) and not -seq <= index < seq:
+        return f"index {index} is outside a sequence of {seq} frames"
+    return None
 
 
 def _timestep_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
@@ -177,7 +187,8 @@ def _timestep_stream_check(node: Any, last_only: bool) -> str | None:
 
 for _op in ("last_timestep", "timestep"):
     register(_op, infer=_last_infer, reference=lambda a, p, x: x[:, a.get("index", -1), :],
-             decomposed=_timestep_lower, stream=StreamForms(_timestep_stream_check))
+             decomposed=_timestep_lower, stream=StreamForms(_timestep_stream_check),
+             check=lambda a, x: _index_problem(a.get("index", -1), x.shape[1]))
 
 # -- tied output projection ------------------------------------------------------------------
 
