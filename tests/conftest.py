@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -10,11 +9,6 @@ import pytest
 
 import attngraph as ag
 from attngraph._registry import TARGETS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # tomllib is new in Python 3.11; tomli is the same parser
-    import tomli as tomllib  # noqa: F401 - imported by the tests that read pyproject.toml
 
 ATOL = 1e-4
 

@@ -175,7 +175,7 @@ def _release(text: str) -> tuple[int, ...]:
 def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
     from importlib.metadata import version
 
-    from conftest import tomllib
+    import tomllib
 
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]

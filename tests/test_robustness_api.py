@@ -275,7 +275,7 @@ def test_int_window_is_causal_whatever_causal_says_and_the_docs_say_so() -> None
 
 
 def test_package_is_typed() -> None:
-    from conftest import tomllib
+    import tomllib
 
     assert os.path.isfile(os.path.join(REPO, "attngraph", "py.typed"))
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
