@@ -173,9 +173,8 @@ def _release(text: str) -> tuple[int, ...]:
 
 
 def test_minimum_versions_are_pinned_for_test_min_and_met() -> None:
-    from importlib.metadata import version
-
     import tomllib
+    from importlib.metadata import version
 
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
