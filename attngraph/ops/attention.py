@@ -14,11 +14,12 @@ import numpy as np
 
 from .._decode import looks_ahead
 from .._registry import DecodeForms, StreamForms, register
-from .._types import INT_DTYPES, TensorType, same_dim
+from .._types import TensorType, same_dim
 from ._attention_blocked import blocked_attention, threshold
 from ._attention_cache import cached_attention, decode_rope, trim_to_window
 from ._attention_fused import fused_attention, uses_fused_rope
 from ._attention_graph import Attn, decomposed_attention
+from ._attention_masks import array_shape, check_masks, masks_problem
 from ._attention_math import attention_reference, merge_heads, split_heads
 from ._attention_stream import (
     keep_last,
@@ -33,52 +34,6 @@ from ._attention_stream import (
 )
 from ._rope import rope_graph, rope_parts, rope_reference
 from ._shapes import Fail, need_float
-
-
-def _check_masks(mask: Any, kpm: Any, batch: Any, hq: int, sq: Any, sk: Any, fail: Fail) -> None:
-    if kpm is not None:
-        if kpm.dtype not in ("bool", *INT_DTYPES):
-            fail(f"key_padding_mask must be bool or int (True/1 = attend), given {kpm}")
-        if kpm.rank != 2 or same_dim(kpm.shape[0], batch) is False or \
-                same_dim(kpm.shape[1], sk) is False:
-            fail(f"key_padding_mask must be [batch, kv_seq] = [{batch},{sk}], given {kpm}")
-    if mask is not None:
-        if mask.dtype not in ("bool", "float32", "float16"):
-            fail(f"mask must be bool (True = attend) or float (additive), given {mask}")
-        full = (batch, hq, sq, sk)
-        # A 2-D mask whose first dim is the batch dim lines batch up with the query axis: the
-        # Hugging Face attention_mask habit. It broadcasts only by accident (batch == q_seq).
-        batch_on_queries = mask.rank == 2 and same_dim(mask.shape[0], batch) is True \
-            and same_dim(batch, sq) is not True
-        if batch_on_queries or mask.rank > 4 or any(
-            d != 1 and same_dim(d, f) is False for d, f in zip(mask.shape[::-1], full[::-1])
-        ):
-            fail(f"mask must broadcast to [batch, heads, q_seq, kv_seq] = "
-                 f"[{batch},{hq},{sq},{sk}], given {mask}{_padding_hint(mask.rank)}")
-
-
-def _padding_hint(rank: int) -> str:
-    return ("; a [batch, kv_seq] padding mask (Hugging Face's attention_mask) goes in "
-            "key_padding_mask=, True/1 = attend" if rank == 2 else "")
-
-
-def masks_problem(batch: int, hq: int, sq: int, sk: int, kpm: tuple[int, ...] | None,
-                  mask: tuple[int, ...] | None) -> str | None:
-    """The run-time half of `_check_masks` on concrete shapes: sizes that symbolic dims left
-    open at build time (used by the interpreter and by `ag.Session` of a Model)."""
-    if kpm is not None and tuple(kpm) != (batch, sk):
-        return (f"key_padding_mask must be [batch, kv_seq] = [{batch},{sk}] for these feeds, "
-                f"given {list(kpm)}")
-    full = (batch, hq, sq, sk)
-    if mask is not None and (len(mask) > 4 or any(
-            d != 1 and d != f for d, f in zip(mask[::-1], full[::-1]))):
-        return (f"mask must broadcast to [batch, heads, q_seq, kv_seq] = [{batch},{hq},{sq},"
-                f"{sk}] for these feeds, given {list(mask)}{_padding_hint(len(mask))}")
-    return None
-
-
-def _shape(a: np.ndarray | None) -> tuple[int, ...] | None:
-    return None if a is None else tuple(int(d) for d in a.shape)
 
 
 def attn_facts(node: Any, same_len: bool, hq: int, hkv: int, d: int, dv: int) -> Attn:
@@ -132,7 +87,7 @@ def _sdpa_infer(types: list[Any], attrs: Any, fail: Fail) -> list[TensorType]:
         fail(f"heads and head_dim must be static ints, given q {q}, k {k}, v {v}")
     if hq % hk:
         fail(f"kv heads ({hk}) must divide query heads ({hq}): q {q}, k {k}")
-    _check_masks(mask, kpm, bq, hq, sq, sk, fail)
+    check_masks(mask, kpm, bq, hq, sq, sk, fail)
     out = [q.with_shape((bq, hq, sq, dv))]
     if attrs["return_weights"]:
         out.append(q.with_shape((bq, hq, sq, sk)))
@@ -159,8 +114,8 @@ def _sdpa_lower(b: Any, node: Any, ins: list[str]) -> list[str]:
 
 def _sdpa_check(attrs: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                 kpm: np.ndarray | None, mask: np.ndarray | None) -> str | None:
-    return masks_problem(q.shape[0], q.shape[1], q.shape[2], k.shape[2], _shape(kpm),
-                         _shape(mask))
+    return masks_problem(q.shape[0], q.shape[1], q.shape[2], k.shape[2], array_shape(kpm),
+                         array_shape(mask))
 
 
 register("attention", infer=_sdpa_infer, reference=_sdpa_ref, decomposed=_sdpa_lower,
@@ -187,7 +142,7 @@ def _mha_infer(types: list[Any], attrs: Any, fail: Fail) -> list[TensorType]:
                  f"given {ctx}")
         if same_dim(ctx.shape[0], x.shape[0]) is False:
             fail(f"input and context batch sizes differ: {x} and {ctx}")
-    _check_masks(mask, kpm, x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], fail)
+    check_masks(mask, kpm, x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], fail)
     out = [x.with_shape((x.shape[0], x.shape[1], attrs["out_dim"]))]
     if attrs["return_weights"]:
         out.append(x.with_shape((x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1])))
@@ -402,8 +357,8 @@ def _mha_last_query(b: Any, node: Any, ins: list[str]) -> list[str]:
 def _mha_check(attrs: Any, x: np.ndarray, ctx: np.ndarray | None, kpm: np.ndarray | None,
                mask: np.ndarray | None) -> str | None:
     src = x if ctx is None else ctx
-    return masks_problem(x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], _shape(kpm),
-                         _shape(mask))
+    return masks_problem(x.shape[0], attrs["num_heads"], x.shape[1], src.shape[1], array_shape(kpm),
+                         array_shape(mask))
 
 
 register("multi_head_attention", infer=_mha_infer, reference=_mha_ref, decomposed=_mha_lower,
