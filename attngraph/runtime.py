@@ -138,6 +138,12 @@ class Session:
         arrays = check_feeds(self.inputs, feeds, check_finite=check_finite, where="Session.run")
         check_limits(self._limits, {k: t.shape for k, t in self.inputs.items()}, arrays,
                      "Session.run")
+        if isinstance(outputs, str):  # one name, as Keras and Hugging Face users pass it
+            outputs = [outputs]
+        if outputs is not None and (not isinstance(outputs, Sequence)
+                                    or not all(isinstance(n, str) for n in outputs)):
+            raise FeedError(f"Session.run: outputs must be a list of output names (of "
+                            f"{self.output_names}), given {outputs!r}")
         names = list(outputs) if outputs is not None else self.output_names
         unknown = [n for n in names if n not in self.output_names]
         if unknown:

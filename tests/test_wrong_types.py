@@ -176,3 +176,14 @@ def test_timestep_index_outside_the_sequence_is_a_clear_error() -> None:
     longer = {"y": np.random.default_rng(5).standard_normal((2, 4, 7)).astype(np.float32)}
     got = model.predict(model.init(seed=1), longer)["output"]
     np.testing.assert_array_equal(got, longer["y"][:, 0, :])
+
+
+def test_session_run_outputs_must_be_names(setup) -> None:
+    model, params, feeds = setup
+    session = ag.Session(model, params=params)
+    for bad in (3, [3], {"output": 1}.values()):
+        with pytest.raises(ag.FeedError, match=r"outputs must be a list of output names"):
+            session.run(feeds, outputs=bad)
+    one = session.run(feeds, outputs="output")  # one name, as a one-item list
+    assert list(one) == ["output"]
+    np.testing.assert_allclose(one["output"], session.run(feeds)["output"], atol=0)
