@@ -189,6 +189,31 @@ def test_windowed_state_stays_bounded(backend: str) -> None:
     assert growing.state_bytes > small
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_steady_state_turns_stay_exact(target: str) -> None:
+    """Once a windowed model's state keeps its shapes, onnxruntime steps take turns between two
+    preallocated state sets (`_Bound._steady_step`); a new chunk length leaves that form and a
+    later run of equal chunks takes it again, exact throughout. A growing cache never does."""
+    sizes = [1] * 12 + [3] * 4 + [1] * 10 + [2, 2, 2]
+    stream = stream_of("sliding_window", target)
+    x = built("sliding_window")[2]
+    outs, t, turns = [], 0, []
+    for size in sizes:
+        outs.append(stream.step({"input": x[:, t:t + size]}))
+        # the binding objects themselves (held, so that no id is reused)
+        turns.append(sorted((binding for binding, _ in stream._backend.turns), key=id))
+        t += size
+    check_chunks("sliding_window", outs, sizes, ATOL)
+    assert not turns[3] and turns[5]  # settled once the window of 5 was full
+    assert turns[11] == turns[5]  # the same two bindings, turn about
+    assert turns[12] and turns[12] != turns[11]  # chunks of 3: the general form, settled anew
+    assert turns[-1] and turns[-1] != turns[-4]  # and again for chunks of 2
+    growing = stream_of("hybrid", target)
+    for u in range(12):
+        growing.step({"input": built("hybrid")[2][:, u:u + 1]})
+        assert not growing._backend.turns
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_rows_equal_rows_streamed_alone(backend: str) -> None:
     _model, _, x, _ = built("rope_gqa")
