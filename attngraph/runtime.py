@@ -88,6 +88,7 @@ class Session:
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.providers = (_checked_providers(providers) if providers is not None
                           else default_providers())
+        data = _adapted(data, options, ort.__version__)
         try:
             self._session = ort.InferenceSession(data, options, providers=self.providers,
                                                  disabled_optimizers=_DISABLED_OPTIMIZERS)
@@ -207,6 +208,20 @@ class Session:
     def session(self) -> Any:
         """The underlying onnxruntime.InferenceSession."""
         return self._session
+
+
+def _adapted(data: bytes | str, options: Any, version: str) -> bytes | str:
+    """`data` rewritten for this onnxruntime's known op faults (see _export/ort_compat.py)."""
+    from ._export.ort_compat import faults, load_adapted
+
+    adapted = load_adapted(data, faults(version))
+    if adapted is None:
+        return data
+    if isinstance(data, str):  # external data stays beside the file: tell onnxruntime where
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            os.path.dirname(os.path.abspath(data)))
+    return adapted
 
 
 def _checked_providers(providers: Any) -> list[Any]:
