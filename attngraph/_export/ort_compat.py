@@ -59,9 +59,22 @@ def _set_int(node: Any, name: str, value: int) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
+def _graphs(graph: Any) -> list[Any]:
+    """`graph` and every subgraph under it (Scan, Loop and If bodies)."""
+    found = [graph]
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                found += _graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    found += _graphs(g)
+    return found
+
+
 def _fix_window(graph: Any) -> bool:
     changed = False
-    for node in graph.node:
+    for node in (n for g in _graphs(graph) for n in g.node):
         if node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft":
             window = _attr(node, "local_window_size")
             if window is not None and window > 1:
@@ -83,13 +96,15 @@ def _heads_4d(model: Any, names: list[str]) -> list[int | None]:
 
 
 def _fix_gqa_mask(model: Any) -> bool:
-    graph = model.graph
-    targets = [n for n in graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")
+    targets = [(g, n) for g in _graphs(model.graph) for n in g.node
+               if n.op_type == "Attention" and n.domain in ("", "ai.onnx")
                and len(n.input) > 3 and n.input[3] and not any(n.input[4:])]
     changed = False
-    for i, node in enumerate(targets):
+    for i, (graph, node) in enumerate(targets):
         hq, hkv = _attr(node, "q_num_heads"), _attr(node, "kv_num_heads")
         three_d = hq is not None and hkv is not None
+        if not three_d and graph is not model.graph:
+            continue  # shapes inside a subgraph are not inferred here
         if not three_d:
             hq, hkv = _heads_4d(model, [node.input[0], node.input[1]])
         if hq is None or hkv is None or hq == hkv or hq % hkv:
@@ -146,10 +161,13 @@ def load_adapted(data: bytes | str, found: set[str]) -> bytes | None:
     """
     if not found:
         return None
-    if isinstance(data, str):
-        model = onnx.load(data, load_external_data=False)
-    else:
-        model = onnx.load_from_string(data)
+    try:
+        if isinstance(data, str):
+            model = onnx.load(data, load_external_data=False)
+        else:
+            model = onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001 - not an ONNX model: onnxruntime reports it as it would
+        return None
     if not adapt(model, found):
         return None
     return model.SerializeToString()
