@@ -1,22 +1,31 @@
 """Run spec-correct exports exactly on older onnxruntime releases that have known op faults.
 
-Exported files stay in their spec-correct form. `ag.Session` calls `adapt` before it creates the
-InferenceSession; on a runtime with a known fault the affected nodes are rewritten in memory into
-an exact equivalent that the old runtime computes correctly. Lives in `_export/` because only
-that package imports onnx.
+Exported files stay in their spec-correct form (current onnxruntime runs them fused, at full
+speed). `ag.Session` calls `load_adapted` before it creates the InferenceSession; on a runtime
+with a known fault the affected nodes are rewritten in memory into an exact equivalent that the
+old runtime computes correctly. Lives in `_export/` because only that package imports onnx.
 
-Faults, with the evidence (the suite's window and mask tests on each release):
-- onnxruntime < 1.24: com.microsoft.GroupQueryAttention attends `local_window_size + 1` keys
-  (1.23.2, the newest release with Python 3.10 wheels, fails every window parity test by one key;
-  1.24.4 passes them). Rewrite: local_window_size - 1.
-- onnxruntime < 1.29: the standard Attention op rejects or misapplies a mask when
+Faults, with the evidence (the suite's window, mask and softcap tests, run on each release):
+- "window", onnxruntime < 1.24: com.microsoft.GroupQueryAttention attends
+  `local_window_size + 1` keys (1.23.2, the newest release with Python 3.10 wheels, fails every
+  window parity test by one key; 1.24.4 passes them). Rewrite: local_window_size - 1.
+- "gqa_mask", onnxruntime < 1.29: the standard Attention op rejects or misapplies a mask when
   q_num_heads != kv_num_heads (1.23.2 and 1.24.4 fail the GQA-with-mask parity tests, 1.29.0
-  passes; 1.25-1.28 untested, so treated as faulty). Rewrite: K and V heads repeated (Gather on
-  the head axis) so the op sees Hq == Hkv, which is the same attention by definition of GQA.
+  passes; 1.25-1.28 untested, so treated as faulty).
+- "softcap", onnxruntime < 1.29: the standard Attention op applies softcap after the mask, so
+  masked keys get the finite score -softcap (1.23.2 and 1.24.4 fail the softcap-with-mask tests,
+  Gemma 2 among them; 1.29.0 passes).
+- "dead_rows", onnxruntime < 1.29: the standard Attention op gives NaN, not zeros, in query rows
+  whose keys are all masked (1.23.2 fails the blocked sliding-window tests, whose blocks hold
+  such rows; 1.29.0 passes).
+Rewrite for the three standard-op faults: the node is replaced by its definition in plain ONNX ops
+(DESIGN §4: softmax(mask(softcap(q k^T * scale))) v, K and V heads repeated for GQA); shapes
+are read at run time, so nodes inside Scan, Loop and If bodies are rewritten too.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -24,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 WINDOW_FIXED = (1, 24)
-GQA_MASK_FIXED = (1, 29)
+STANDARD_ATTENTION_FIXED = (1, 29)
 
 
 def version_tuple(version: str) -> tuple[int, int]:
@@ -34,13 +43,13 @@ def version_tuple(version: str) -> tuple[int, int]:
 
 
 def faults(ort_version: str) -> set[str]:
-    """The known faults of an onnxruntime release: a subset of {"window", "gqa_mask"}."""
+    """The known faults of an onnxruntime release (names as in the module docstring)."""
     v = version_tuple(ort_version)
     found = set()
     if v < WINDOW_FIXED:
         found.add("window")
-    if v < GQA_MASK_FIXED:
-        found.add("gqa_mask")
+    if v < STANDARD_ATTENTION_FIXED:
+        found |= {"gqa_mask", "softcap", "dead_rows"}
     return found
 
 
@@ -83,58 +92,137 @@ def _fix_window(graph: Any) -> bool:
     return changed
 
 
-def _heads_4d(model: Any, names: list[str]) -> list[int | None]:
+def _needs_rewrite(node: Any, found: set[str]) -> bool:
+    """Whether a standard Attention node meets one of the `found` faults."""
+    if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
+        return False
+    if any(node.input[4:]) or any(node.output[1:]):
+        return False  # a cache or extra outputs: not produced by the exports this serves
+    masked = len(node.input) > 3 and bool(node.input[3])
+    hq, hkv = _attr(node, "q_num_heads"), _attr(node, "kv_num_heads")
+    grouped = hq is None or hkv is None or hq != hkv  # 4-D inputs: heads known only at run time
+    softcap = bool(_attr(node, "softcap"))
+    return (("gqa_mask" in found and masked and grouped)
+            or ("dead_rows" in found and masked)
+            or ("softcap" in found and softcap and (masked or bool(_attr(node, "is_causal")))))
+
+
+class _Nodes:
+    """Plain ONNX nodes (and their constants) that replace one Attention node."""
+
+    def __init__(self, prefix: str, like: str) -> None:
+        self.prefix, self.like = prefix, like
+        self.nodes: list[Any] = []
+        self.consts: list[Any] = []
+        self._count = itertools.count()
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs: Any) -> str:
+        name = out or f"{self.prefix}/{op_type}_{next(self._count)}"
+        self.nodes.append(helper.make_node(op_type, inputs, [name], **attrs))
+        return name
+
+    def ints(self, *values: int) -> str:
+        name = f"{self.prefix}/c{next(self._count)}"
+        self.consts.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
+    def scalar(self, value: float) -> str:
+        """A float constant in the dtype of the attention's query."""
+        name = f"{self.prefix}/c{next(self._count)}"
+        self.consts.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        return self.op("CastLike", [name, self.like])
+
+    def dim(self, shape: str, axis: int) -> str:
+        return self.op("Slice", [shape, self.ints(axis), self.ints(axis + 1)])
+
+
+def _decompose(node: Any, prefix: str, mask_is_bool: bool) -> _Nodes:
+    """DESIGN §4 attention in plain ops; same inputs, same output name as `node`."""
+    q, k, v = node.input[0], node.input[1], node.input[2]
+    mask = node.input[3] if len(node.input) > 3 else ""
+    hq, hkv = _attr(node, "q_num_heads"), _attr(node, "kv_num_heads")
+    b = _Nodes(prefix, q)
+    three_d = hq is not None and hkv is not None
+    if three_d:  # (B, S, H*D) -> (B, H, S, D)
+        q, k, v = (b.op("Transpose", [b.op("Reshape", [x, b.ints(0, 0, h, -1)])], perm=[0, 2, 1, 3])
+                   for x, h in ((q, hq), (k, hkv), (v, hkv)))
+    q_shape, k_shape = b.op("Shape", [q]), b.op("Shape", [k])
+    group = b.op("Div", [b.dim(q_shape, 1), b.dim(k_shape, 1)])
+    repeated = []
+    for x in (k, v):  # (B, Hkv, S, D) -> (B, Hkv, group, S, D) -> (B, Hq, S, D)
+        shape = b.op("Shape", [x])
+        wide = b.op("Concat", [b.dim(shape, 0), b.dim(shape, 1), group, b.dim(shape, 2),
+                               b.dim(shape, 3)], axis=0)
+        x = b.op("Expand", [b.op("Unsqueeze", [x, b.ints(2)]), wide])
+        repeated.append(b.op("Reshape", [x, b.op("Concat", [b.dim(shape, 0), b.dim(q_shape, 1),
+                                                             b.dim(shape, 2), b.dim(shape, 3)],
+                                                   axis=0)]))
+    k, v = repeated
+    scale = _attr(node, "scale")
+    if scale is None:  # 1 / sqrt(head size)
+        size = b.op("CastLike", [b.dim(q_shape, 3), q])
+        scale_t = b.op("Reciprocal", [b.op("Sqrt", [size])])
+    else:
+        scale_t = b.scalar(scale)
+    scores = b.op("Mul", [b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])]),
+                          scale_t])
+    softcap = _attr(node, "softcap")
+    if softcap:
+        cap = b.scalar(softcap)
+        scores = b.op("Mul", [b.op("Tanh", [b.op("Div", [scores, cap])]), cap])
+    minus_inf = b.scalar(-np.inf)
+    if mask and mask_is_bool:
+        scores = b.op("Where", [mask, scores, minus_inf])
+    elif mask:
+        scores = b.op("Add", [scores, mask])
+    if _attr(node, "is_causal"):  # top-left aligned, as the standard op defines it
+        zero, one = b.op("Squeeze", [b.ints(0)]), b.op("Squeeze", [b.ints(1)])
+        rows = b.op("Range", [zero, b.op("Squeeze", [b.dim(q_shape, 2)]), one])
+        cols = b.op("Range", [zero, b.op("Squeeze", [b.dim(k_shape, 2)]), one])
+        allow = b.op("LessOrEqual", [b.op("Unsqueeze", [cols, b.ints(0)]),
+                                     b.op("Unsqueeze", [rows, b.ints(1)])])
+        scores = b.op("Where", [allow, scores, minus_inf])
+    probs = b.op("Softmax", [scores], axis=-1)
+    if mask or _attr(node, "is_causal"):  # fully masked rows: zeros, not NaN
+        alive = b.op("Greater", [b.op("ReduceMax", [scores, b.ints(-1)], keepdims=1), minus_inf])
+        probs = b.op("Where", [alive, probs, b.scalar(0.0)])
+    out = node.output[0]
+    if three_d:  # (B, Hq, S, Dv) -> (B, S, Hq*Dv)
+        joined = b.op("Transpose", [b.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+        b.op("Reshape", [joined, b.ints(0, 0, -1)], out=out)
+    else:
+        b.op("MatMul", [probs, v], out=out)
+    return b
+
+
+def _elem_types(model: Any) -> dict[str, int]:
+    """Element type of every tensor whose type onnx's inference knows, subgraphs included."""
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    g = inferred.graph
-    infos = {i.name: i for i in [*g.value_info, *g.input, *g.output]}
-    out: list[int | None] = []
-    for name in names:
-        info = infos.get(name)
-        dims = info.type.tensor_type.shape.dim if info is not None else []
-        out.append(dims[1].dim_value if len(dims) == 4 and dims[1].dim_value > 0 else None)
-    return out
+    types: dict[str, int] = {}
+    for g in _graphs(inferred.graph):
+        for info in (*g.input, *g.output, *g.value_info):
+            if info.type.tensor_type.elem_type:
+                types[info.name] = info.type.tensor_type.elem_type
+        for init in g.initializer:
+            types[init.name] = init.data_type
+    return types
 
 
-def _fix_gqa_mask(model: Any) -> bool:
-    targets = [(g, n) for g in _graphs(model.graph) for n in g.node
-               if n.op_type == "Attention" and n.domain in ("", "ai.onnx")
-               and len(n.input) > 3 and n.input[3] and not any(n.input[4:])]
+def _fix_standard_attention(model: Any, found: set[str]) -> bool:
+    targets = [(g, n) for g in _graphs(model.graph) for n in g.node if _needs_rewrite(n, found)]
+    if not targets:
+        return False
+    types = _elem_types(model)
     changed = False
     for i, (graph, node) in enumerate(targets):
-        hq, hkv = _attr(node, "q_num_heads"), _attr(node, "kv_num_heads")
-        three_d = hq is not None and hkv is not None
-        if not three_d and graph is not model.graph:
-            continue  # shapes inside a subgraph are not inferred here
-        if not three_d:
-            hq, hkv = _heads_4d(model, [node.input[0], node.input[1]])
-        if hq is None or hkv is None or hq == hkv or hq % hkv:
-            continue
-        index = f"ort_compat/{i}/heads"
-        graph.initializer.append(numpy_helper.from_array(
-            np.repeat(np.arange(hkv, dtype=np.int64), hq // hkv), index))
-        new_nodes = []
-        for j in (1, 2):
-            src, dst = node.input[j], f"ort_compat/{i}/kv{j}"
-            if three_d:
-                shape_in = f"ort_compat/{i}/split_shape"
-                if j == 1:
-                    graph.initializer.append(numpy_helper.from_array(
-                        np.array([0, 0, hkv, -1], np.int64), shape_in))
-                    graph.initializer.append(numpy_helper.from_array(
-                        np.array([0, 0, -1], np.int64), f"ort_compat/{i}/join_shape"))
-                new_nodes += [
-                    helper.make_node("Reshape", [src, shape_in], [dst + "/split"]),
-                    helper.make_node("Gather", [dst + "/split", index], [dst + "/rep"], axis=2),
-                    helper.make_node("Reshape", [dst + "/rep", f"ort_compat/{i}/join_shape"],
-                                     [dst]),
-                ]
-            else:
-                new_nodes.append(helper.make_node("Gather", [src, index], [dst], axis=1))
-            node.input[j] = dst
-        if three_d:
-            _set_int(node, "kv_num_heads", hq)
+        mask = node.input[3] if len(node.input) > 3 else ""
+        if mask and mask not in types:
+            continue  # the mask's type is unknown here: the node is left as it is
+        parts = _decompose(node, f"ort_compat/{i}", types.get(mask) == onnx.TensorProto.BOOL)
+        graph.initializer.extend(parts.consts)
         pos = list(graph.node).index(node)
-        for k, extra in enumerate(new_nodes):
+        graph.node.remove(node)
+        for k, extra in enumerate(parts.nodes):
             graph.node.insert(pos + k, extra)
         changed = True
     return changed
@@ -143,13 +231,14 @@ def _fix_gqa_mask(model: Any) -> bool:
 def adapt(model: Any, found: set[str]) -> bool:
     """Rewrite `model` (an onnx.ModelProto, in place) for the runtime faults in `found`.
 
-    Returns whether anything changed. Node outputs and graph outputs keep their names.
+    Returns whether anything changed. Graph inputs and outputs and every node output that
+    others read keep their names.
     """
     changed = False
     if "window" in found:
         changed |= _fix_window(model.graph)
-    if "gqa_mask" in found:
-        changed |= _fix_gqa_mask(model)
+    if found & {"gqa_mask", "softcap", "dead_rows"}:
+        changed |= _fix_standard_attention(model, found)
     return changed
 
 
