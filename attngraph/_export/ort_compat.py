@@ -96,8 +96,10 @@ def _needs_rewrite(node: Any, found: set[str]) -> bool:
     """Whether a standard Attention node meets one of the `found` faults."""
     if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
         return False
-    if any(node.input[4:]) or any(node.output[1:]):
-        return False  # a cache or extra outputs: not produced by the exports this serves
+    if any(node.input[6:]) or any(node.output[3:]):
+        return False  # the scores output: not produced by the exports this serves
+    if _attr(node, "is_causal") and any(node.input[4:]):
+        return False  # causal with a cache: the exports never write it
     masked = len(node.input) > 3 and bool(node.input[3])
     hq, hkv = _attr(node, "q_num_heads"), _attr(node, "kv_num_heads")
     grouped = hq is None or hkv is None or hq != hkv  # 4-D inputs: heads known only at run time
@@ -146,6 +148,15 @@ def _decompose(node: Any, prefix: str, mask_is_bool: bool) -> _Nodes:
     if three_d:  # (B, S, H*D) -> (B, H, S, D)
         q, k, v = (b.op("Transpose", [b.op("Reshape", [x, b.ints(0, 0, h, -1)])], perm=[0, 2, 1, 3])
                    for x, h in ((q, hq), (k, hkv), (v, hkv)))
+    past = [node.input[i] if len(node.input) > i else "" for i in (4, 5)]
+    present = [node.output[i] if len(node.output) > i else "" for i in (1, 2)]
+    kv = [k, v]
+    for j in (0, 1):  # the cache: past keys and values, then the new ones, (B, Hkv, T, D)
+        if past[j]:
+            kv[j] = b.op("Concat", [past[j], kv[j]], axis=2)
+        if present[j]:
+            b.op("Identity", [kv[j]], out=present[j])
+    k, v = kv
     q_shape, k_shape = b.op("Shape", [q]), b.op("Shape", [k])
     group = b.op("Div", [b.dim(q_shape, 1), b.dim(k_shape, 1)])
     repeated = []
