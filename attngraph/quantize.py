@@ -17,6 +17,7 @@ session API; this is the one place outside `runtime.py` / `_export/` that import
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import tempfile
@@ -109,9 +110,11 @@ def _int4(proto: Any, block_size: int, accuracy_level: int) -> Any:
                           "pip install 'attngraph[quantize]'") from None
 
     props = list(proto.metadata_props)
+    # onnxruntime before 1.24 (the last with Python 3.10 wheels: 1.23.2) has no `bits`: 4 always
+    bits = {"bits": 4} if "bits" in inspect.signature(MatMulNBitsQuantizer).parameters else {}
     try:
         with _quiet():
-            quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=block_size,
+            quantizer = MatMulNBitsQuantizer(proto, **bits, block_size=block_size,
                                              is_symmetric=False, accuracy_level=accuracy_level,
                                              op_types_to_quantize=("MatMul",))
             quantizer.process()
