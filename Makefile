@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[test,viz,bench]"
 	touch $(STAMP)
 
-# The suite against the oldest versions pyproject.toml allows (pinned in .ci/min-versions.txt),
-# in a fresh virtual environment each time. onnxruntime-genai needs a newer onnxruntime than
-# the core does, so the genai extra and its tests are left to `make test`.
+# The suite against the oldest versions pyproject.toml allows (pinned in .ci/min-versions.txt,
+# per Python), in a fresh virtual environment each time. onnxruntime-genai needs a newer
+# onnxruntime than the core does, so the genai extra and its tests are left to `make test`.
+# Python 3.10 (onnxruntime 1.23.2): `make test PYTHON=python3.10` and
+# `make test-min PYTHON=python3.10`.
 test-min:
 	rm -rf $(MIN)
 	$(PYTHON) -m venv $(MIN)
