@@ -208,8 +208,11 @@ def _decompose(node: Any, prefix: str, mask_is_bool: bool) -> _Nodes:
 
 def _elem_types(model: Any) -> dict[str, int]:
     """Element type of every tensor whose type onnx's inference knows, subgraphs included."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     types: dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - a model onnx cannot infer: onnxruntime will judge it
+        return types
     for g in _graphs(inferred.graph):
         for info in (*g.input, *g.output, *g.value_info):
             if info.type.tensor_type.elem_type:
