@@ -189,43 +189,47 @@ class _Bound:
 
     def step(self, arrays: dict[str, np.ndarray], batch: int, seen: int,
              size: int) -> dict[str, np.ndarray]:
-        from .runtime import RuntimeFailure
-
         check_frames(self.max_frames, seen, size, "Stream.step")
         if self.turns and size == self.size:
             return self._steady_step(arrays)
         self.turns = []
         binding = self.binding
         before = [v.shape() for v in self.state] if self.state else None
+        if binding is None:  # a fresh stream: zero state from the host
+            binding = self.session.session.io_binding()
+            for name, arr in self._initial(batch).items():
+                binding.bind_cpu_input(name, arr)
+        else:  # last step's new state, where it is; outputs are allocated anew
+            for name, value in zip(self.states, self.state):
+                binding.bind_ortvalue_input(name, value)
+            binding.clear_binding_outputs()
+        for name in self.keep:
+            binding.bind_output(name, self.device)
+        for name in self.outputs:
+            binding.bind_output(name, "cpu")
+        self._run(binding, arrays)
+        self.binding = binding
+        values = binding.get_outputs()  # in the order bound: state, then outputs
+        self.state = values[: len(self.keep)]
+        out = {name: v.numpy() for name, v in zip(self.outputs, values[len(self.keep):])}
+        if before == [v.shape() for v in self.state] and self.device == "cpu":
+            self._settle([v.shape() for v in values[len(self.keep):]])
+        self.size = size
+        return out
+
+    def _run(self, binding: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Bind the chunk's frames and run, reporting onnxruntime failures as ours."""
+        from .runtime import RuntimeFailure
+
         try:
-            if binding is None:  # a fresh stream: zero state from the host
-                binding = self.session.session.io_binding()
-                for name, arr in self._initial(batch).items():
-                    binding.bind_cpu_input(name, arr)
-            else:  # last step's new state, where it is; outputs are allocated anew
-                for name, value in zip(self.states, self.state):
-                    binding.bind_ortvalue_input(name, value)
-                binding.clear_binding_outputs()
-            for name in self.keep:
-                binding.bind_output(name, self.device)
-            for name in self.outputs:
-                binding.bind_output(name, "cpu")
             for name, arr in arrays.items():
                 binding.bind_cpu_input(name, np.ascontiguousarray(arr))
             self.session.session.run_with_iobinding(binding)
         except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
             raise RuntimeFailure(explain("Stream.step", exc, layers_of(self.session.metadata))
                                  ) from None
-        self.binding = binding
-        values = binding.get_outputs()  # in the order bound: state, then outputs
-        self.state = values[: len(self.keep)]
-        out = {name: v.numpy() for name, v in zip(self.outputs, values[len(self.keep):])}
-        if before == [v.shape() for v in self.state] and self.device == "cpu":
-            self._settle(size, [v.shape() for v in values[len(self.keep):]])
-        self.size = size
-        return out
 
-    def _settle(self, size: int, shapes: list[list[int]]) -> None:
+    def _settle(self, shapes: list[list[int]]) -> None:
         """The state kept its shapes through a step (every cache full at its window, the
         recurrent states, the frame count), so with chunks of the same length it keeps them
         from now on: two state sets take turns, each step reading one and writing the other,
@@ -245,16 +249,8 @@ class _Bound:
             self.turns.append((binding, write))
 
     def _steady_step(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .runtime import RuntimeFailure
-
         (binding, write), self.turns = self.turns[0], self.turns[::-1]
-        try:
-            for name, arr in arrays.items():
-                binding.bind_cpu_input(name, np.ascontiguousarray(arr))
-            self.session.session.run_with_iobinding(binding)
-        except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
-            raise RuntimeFailure(explain("Stream.step", exc, layers_of(self.session.metadata))
-                                 ) from None
+        self._run(binding, arrays)
         self.state = write
         return {name: np.array(v.numpy()) for name, v in zip(self.outputs, self.results)}
 
