@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cpu import spin_by_default
 from ._errors import AttnGraphError, ConfigError, ExportError, FeedError
 from ._feeds import check_feeds
 from ._limits import check_limits, feed_limits
@@ -62,16 +63,18 @@ class Session:
         providers: onnxruntime execution providers; default CUDA first when present, else CPU.
         params, target, dtype: used only when a Model is given.
         threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
-        spinning: let idle pool threads spin-wait between ops (onnxruntime's own default,
-            and the fastest on a machine of its own: KV-cache decoding measured 1.4x faster
-            than with sleeping threads); False suits a machine shared with other busy work,
-            where spinning threads starve each other.
+        spinning: whether idle pool threads spin-wait between ops. "auto" (the default)
+            spins when the session's threads fit on the CPUs other work leaves free (watched
+            for 50 ms when the session is made, Linux; elsewhere it spins, onnxruntime's own
+            default). Spinning is the fastest on a machine of its own (KV-cache decoding
+            measured 1.27x faster than with sleeping threads) and the slowest beside other
+            busy work, whose CPUs spinning threads take. True or False fixes it.
     """
 
     def __init__(self, model_or_path: Any, providers: Sequence[str] | None = None, *,
                  params: Mapping[str, np.ndarray] | None = None, target: str = "ort",
                  dtype: str = "float32", threads: int | None = None,
-                 spinning: bool = True) -> None:
+                 spinning: bool | str = "auto") -> None:
         import onnxruntime as ort
 
         ort.set_default_logger_severity(_LOG_SEVERITY)
@@ -83,6 +86,13 @@ class Session:
         options.log_severity_level = _LOG_SEVERITY
         if threads is not None:
             options.intra_op_num_threads = threads
+        if not (isinstance(spinning, (bool, np.bool_))
+                or (isinstance(spinning, str) and spinning == "auto")):
+            raise ConfigError(f"Session: spinning must be True, False or 'auto', given "
+                              f"{spinning!r}")
+        if spinning == "auto":
+            spinning = spin_by_default(threads)
+        self.spinning = bool(spinning)
         if not spinning:  # idle pool threads sleep between ops (see the docstring)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")

@@ -18,6 +18,8 @@ time (robust to a busy spell on a shared machine; the mean is recorded too). Col
                new token to its last by a streamer
     genai      onnxruntime-genai's Generator on the same model.onnx, share buffer on
     genai_copy the same with past_present_share_buffer false (its other mode)
+    cached_spin, cached_sleep   (only when asked for) cached with the session's spinning fixed
+               on / off instead of "auto"
 
 Every (shape, context, column) cell runs in its own process; --rounds rounds go through every
 column in turn and each column keeps its best round (the machine may be shared: a busy spell
@@ -26,6 +28,8 @@ then slows every column alike). Figures are ratios of cells measured side by sid
     make bench                                        # everything
     .venv/bin/python bench/decode.py --quick          # context 2048 only
     flock /tmp/attngraph-bench.lock .venv/bin/python bench/decode.py
+    .venv/bin/python bench/decode.py --quick --load 2 --columns cached,cached_spin,cached_sleep,genai
+                                                      # beside two busy processes
 
 Results: bench/results/decode.md and decode.json (decode_quick.* with --quick; not kept).
 """
@@ -33,6 +37,7 @@ Results: bench/results/decode.md and decode.json (decode_quick.* with --quick; n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +64,13 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 CONTEXTS = (512, 2048)
 QUICK_CONTEXTS = (2048,)
-COLUMNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy")
+COLUMNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy", "cached_spin",
+           "cached_sleep")
 # what runs by default: every column in a process of its own; "interleaved" (cached, hf,
-# genai and genai_copy token by token in one process) is there to compare under load
-RUNS = COLUMNS
+# genai and genai_copy token by token in one process) is there to compare under load, and
+# cached_spin / cached_sleep (cached with spinning fixed on / off instead of "auto") to see
+# what the session's choice is worth
+RUNS = COLUMNS[:6]
 NEW_TOKENS = 32
 GOAL_CONTEXT = 2048
 GOALS = {"recompute": 10.0, "hf": 2.5, "genai": 1.2}  # cached / column, at GOAL_CONTEXT
@@ -160,10 +169,12 @@ def cell(shape: str, ctx: int, column: str, folder: str, threads: int) -> dict[s
     prompt = np.random.default_rng(ctx).integers(0, 8000, (1, ctx))
     out: dict[str, Any] = {}
     n = NEW_TOKENS
-    if column in ("cached", "copying"):
+    if column in ("cached", "copying", "cached_spin", "cached_sleep"):
+        spinning = {"cached_spin": True, "cached_sleep": False}.get(column, "auto")
         source: Any = ag.Session(
-            os.path.join(folder, "model.onnx") if column == "cached" else
-            ag.export(model, params, kv_cache=True, share_buffer=False), threads=threads or None)
+            ag.export(model, params, kv_cache=True, share_buffer=False) if column == "copying"
+            else os.path.join(folder, "model.onnx"), threads=threads or None, spinning=spinning)
+        out["spinning"] = source.spinning
         out["shared"] = source.metadata.get("attngraph.share_buffer")
         run = lambda: timed_ag(source, prompt, n)
         out["tokens"] = ag.generate(source, prompt, 16)[0, ctx:].tolist()
@@ -295,6 +306,8 @@ def main() -> int:
                         "genai and genai_copy token by token in one process)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for every "
                         "engine (0: each engine's default); 1 is steadier on a busy machine")
+    parser.add_argument("--load", type=int, default=0, help="busy processes kept running "
+                        "beside every cell (a machine shared with other work)")
     parser.add_argument("--out", help="results name (default decode, decode_quick)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # shape,ctx,column,folder,threads
     args = parser.parse_args()
@@ -307,7 +320,7 @@ def main() -> int:
     rounds = args.rounds
     columns = args.columns.split(",")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ag-decode-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ag-decode-") as tmp, busy(args.load):
         for shape in args.shapes.split(","):
             for ctx in contexts:
                 folder = os.path.join(tmp, f"{shape}{ctx}")
@@ -325,8 +338,23 @@ def main() -> int:
                             if value.get("tok_s", 0) > row.get(name, {}).get("tok_s", -1):
                                 row[name] = value
                 rows.append(summarise(row))
-    write(args.out or ("decode_quick" if args.quick else "decode"), rows, args.threads)
+    write(args.out or ("decode_quick" if args.quick else "decode"), rows, args.threads,
+          args.load)
     return 0
+
+
+@contextlib.contextmanager
+def busy(count: int) -> Iterator[None]:
+    """`count` processes that keep a CPU each busy (for at most an hour) until the block ends."""
+    loop = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(count)]
+    try:
+        time.sleep(0.5 if hogs else 0)
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def run_cell(shape: str, ctx: int, column: str, folder: str, threads: int) -> dict[str, Any]:
@@ -351,7 +379,7 @@ def summarise(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def write(name: str, rows: list[dict[str, Any]], threads: int) -> None:
+def write(name: str, rows: list[dict[str, Any]], threads: int, load: int) -> None:
     import importlib
 
     import onnxruntime
@@ -367,7 +395,9 @@ def write(name: str, rows: list[dict[str, Any]], threads: int) -> None:
            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
            "onnxruntime_genai": version("onnxruntime_genai"), "torch": version("torch"),
            "transformers": version("transformers"), "attngraph": ag.__version__,
-           "shapes": SHAPES, "new_tokens": NEW_TOKENS, "threads": threads or "default"}
+           "shapes": SHAPES, "new_tokens": NEW_TOKENS, "threads": threads or "default",
+           "busy_processes": load}
+    columns = [c for c in COLUMNS if any(c in r for r in rows)]
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
@@ -375,18 +405,19 @@ def write(name: str, rows: list[dict[str, Any]], threads: int) -> None:
         "# Decoding speed: ag.generate vs recompute, transformers and onnxruntime-genai", "",
         f"Batch 1, greedy, CPU, {env['cpus']} cores; onnxruntime {env['onnxruntime']}, "
         f"onnxruntime-genai {env['onnxruntime_genai']}, torch {env['torch']}, transformers "
-        f"{env['transformers']}; {env['date']}; intra-op threads: {env['threads']}. Decode "
+        f"{env['transformers']}; {env['date']}; intra-op threads: {env['threads']}; "
+        f"{load} busy process(es) beside every cell. Decode "
         "tokens/s after the prefill and first "
         "token, each cell in its own process (best of rounds). Shapes: "
         + "; ".join(f"{k} {v}" for k, v in SHAPES.items()) + ".", "",
-        "| shape | context | " + " | ".join(f"{c} tok/s" for c in COLUMNS)
+        "| shape | context | " + " | ".join(f"{c} tok/s" for c in columns)
         + " | cached / recompute | cached / hf | cached / genai | cached / genai_copy "
           "| same greedy tokens (hf, genai) |",
-        "|---|---|" + "---|" * (len(COLUMNS) + 5),
+        "|---|---|" + "---|" * (len(columns) + 5),
     ]
     for r in rows:
         cells = [f"{r[c]['tok_s']:.1f}" if "tok_s" in r.get(c, {}) else
-                 r.get(c, {}).get("error", "-") for c in COLUMNS]
+                 r.get(c, {}).get("error", "-") for c in columns]
         ratios = [f"{r[k]:.2f}x" if k in r else "-" for k in
                   ("cached_vs_recompute", "cached_vs_hf", "cached_vs_genai",
                    "cached_vs_genai_copy")]
