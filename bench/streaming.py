@@ -12,6 +12,8 @@ Models (the seed's sizes, batch 1, onnxruntime CPU, every target):
     rerun      Session.run on the last 60 frames [1, 60, 1024] (one frame in four is re-run;
                blocks of each alternate in one process, so all see the same load); also the
                ordinary export as it was before last-query evaluation ("every query")
+    floor      the step's weight products alone, bound once (`products_only`): the least a
+               frame can cost here, so rerun / floor bounds what any step model can reach
     S=4096     hybrid's ordinary export on [1, 4096, 1024]: every query vs the last query
 
     flock /tmp/attngraph-bench.lock .venv/bin/python bench/streaming.py          # everything
@@ -61,6 +63,65 @@ def stats(seconds: list[float]) -> dict[str, float]:
             "frames_s": float(len(ms) / (ms.sum() / 1e3)), "n": len(ms)}
 
 
+def products_only(proto: Any) -> Any:
+    """The floor of a step: a graph of nothing but the step model's weight products, each fed
+    one row of its own (MatMul with a 2-D weight; LSTM / GRU input and recurrent weights as the
+    products they make for one frame). Every weight is read once per run, as in a step; no
+    cache, shape, position or mask node runs."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    weights: list[np.ndarray] = []
+    for node in proto.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in inits \
+                and len(inits[node.input[1]].dims) == 2:
+            weights.append(numpy_helper.to_array(inits[node.input[1]]))
+        elif node.op_type in ("LSTM", "GRU"):
+            for name in node.input[1:3]:  # W [dirs, gates*H, in], R [dirs, gates*H, H]
+                weights += [w.T.copy() for w in numpy_helper.to_array(inits[name])]
+    nodes, inputs, outputs, tensors = [], [], [], []
+    for i, w in enumerate(weights):
+        tensors.append(numpy_helper.from_array(w, f"w{i}"))
+        inputs.append(helper.make_tensor_value_info(f"x{i}", onnx_dtype(w), [1, w.shape[0]]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", onnx_dtype(w), [1, w.shape[1]]))
+        nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]))
+    graph = helper.make_graph(nodes, "products", inputs, outputs, tensors)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def onnx_dtype(w: np.ndarray) -> int:
+    from onnx import helper
+
+    return helper.np_dtype_to_tensor_dtype(w.dtype)
+
+
+class Floor:
+    """`products_only` run with every input and output bound once, like a steady stream step
+    (no Python feed check either): the least a frame can cost on this machine."""
+
+    def __init__(self, proto: Any, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(products_only(proto).SerializeToString(), options,
+                                            providers=["CPUExecutionProvider"])
+        self.binding = self.session.io_binding()
+        rng = np.random.default_rng(1)
+        self.values = []
+        for i in self.session.get_inputs():
+            x = rng.standard_normal(i.shape).astype(np.float32)
+            self.values.append(ort.OrtValue.ortvalue_from_numpy(x))
+            self.binding.bind_ortvalue_input(i.name, self.values[-1])
+        for o in self.session.get_outputs():
+            self.values.append(ort.OrtValue.ortvalue_from_numpy(np.zeros(o.shape, np.float32)))
+            self.binding.bind_ortvalue_output(o.name, self.values[-1])
+
+    def run(self) -> None:
+        self.session.run_with_iobinding(self.binding)
+
+
 def cell(spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement, in this process."""
     model = build(spec["model"])
@@ -95,11 +156,14 @@ def cell(spec: dict[str, Any]) -> dict[str, Any]:
     with every_query():  # the ordinary export as it was before last-query evaluation
         every = ag.Session(ag.export(model, params, target=spec["target"]),
                            ["CPUExecutionProvider"], threads=threads)
+    floor = Floor(proto, threads)
     stream.step({"input": frames[:, :WINDOW]})  # fill the window
     rerun.run({"input": frames[:, :WINDOW]})
     every.run({"input": frames[:, :WINDOW]})
+    floor.run()
     # Blocks of each, interleaved, so that all see the same load on a shared machine.
     streamed: list[float] = []
+    floors: list[float] = []
     reruns: dict[str, list[float]] = {"rerun": [], "rerun_every_query": []}
     t, block = WINDOW, max(1, spec["frames"] // spec["rounds"])
     while t < total:
@@ -107,6 +171,9 @@ def cell(spec: dict[str, Any]) -> dict[str, Any]:
             start = time.perf_counter()
             stream.step({"input": frames[:, u:u + 1]})
             streamed.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            floor.run()
+            floors.append(time.perf_counter() - start)
         for session, times in zip((rerun, every), reruns.values()):
             for u in range(t, min(t + block // spec["rerun_every"] + 1, total)):
                 start = time.perf_counter()
@@ -114,6 +181,8 @@ def cell(spec: dict[str, Any]) -> dict[str, Any]:
                 times.append(time.perf_counter() - start)
         t += block
     return {"stream": {**stats(streamed), "state_bytes": stream.state_bytes},
+            "floor": {**stats(floors), "weight_bytes": sum(
+                len(t.raw_data) for t in products_only(proto).graph.initializer)},
             **{k: stats(v) for k, v in reruns.items()}}
 
 
@@ -151,10 +220,11 @@ def main() -> int:
             row: dict[str, Any] = {"model": name, "target": target}
             got = run_cell({**base, "kind": "window", "frames": frames, "rounds": 10,
                             "rerun_every": rerun_every}, args.timeout)
-            for key in ("stream", "rerun", "rerun_every_query"):
+            for key in ("stream", "floor", "rerun", "rerun_every_query"):
                 row[key] = got if "error" in got else got[key]
             if "error" not in got:
                 row["speedup"] = row["rerun"]["p50_ms"] / row["stream"]["p50_ms"]
+                row["floor_speedup"] = row["rerun"]["p50_ms"] / row["floor"]["p50_ms"]
                 row["speedup_every_query"] = (row["rerun_every_query"]["p50_ms"]
                                               / row["stream"]["p50_ms"])
                 row["tail"] = row["stream"]["p99_ms"] / row["stream"]["p50_ms"]
@@ -202,8 +272,9 @@ def write(name: str, rows: list[dict[str, Any]], long_rows: list[dict[str, Any]]
         "",
         ("| model | target | stream p50 ms | stream p99 ms | stream frames/s | rerun p50 ms "
          "| rerun p99 ms | rerun frames/s | rerun p50 / stream p50 | stream p99 / p50 "
-         "| rerun every query p50 ms | its p50 / stream p50 |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+         "| rerun every query p50 ms | its p50 / stream p50 | floor p50 ms "
+         "| rerun p50 / floor p50 |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, b = r["stream"], r["rerun"]
@@ -213,15 +284,20 @@ def write(name: str, rows: list[dict[str, Any]], long_rows: list[dict[str, Any]]
             f"| {r['model']} | {r['target']} | {_ms(s, 'p50_ms')} | {_ms(s, 'p99_ms')} | "
             f"{fps[0]} | {_ms(b, 'p50_ms')} | {_ms(b, 'p99_ms')} | {fps[1]} | "
             + (f"{r['speedup']:.1f}x | {r['tail']:.2f} | "
-               f"{r['rerun_every_query']['p50_ms']:.3f} | {r['speedup_every_query']:.1f}x |"
-               if "speedup" in r else "- | - | - | - |"))
+               f"{r['rerun_every_query']['p50_ms']:.3f} | {r['speedup_every_query']:.1f}x | "
+               f"{r['floor']['p50_ms']:.3f} | {r['floor_speedup']:.1f}x |"
+               if "speedup" in r else "- | - | - | - | - | - |"))
     lines += ["", "## hybrid at S = 4096: every query vs the last query (ordinary export)", "",
               "| target | every query ms | last query ms | ratio |", "|---|---|---|---|"]
     for r in long_rows:
         lines.append(f"| {r['target']} | {_ms(r['every_query'], 'median_ms')} | "
                      f"{_ms(r['last_query'], 'median_ms')} | "
                      + (f"{r['ratio']:.1f}x |" if "ratio" in r else "- |"))
-    lines.append("")
+    lines += ["", ("floor: the step model's weight products alone (each weight matrix times one "
+                   "row, LSTM weights included), inputs and outputs bound once, timed in the "
+                   "same loop as the stream: the least any step graph can cost per frame here, "
+                   "so rerun / floor bounds the ratio a step model can reach on this machine."),
+              ""]
     for model in ("sliding_window", "hybrid"):
         done = [r for r in rows if r["model"] == model and "speedup" in r]
         if not done:
@@ -231,7 +307,9 @@ def write(name: str, rows: list[dict[str, Any]], long_rows: list[dict[str, Any]]
         lines.append(
             f"- Goal ({model}, best target {best['target']}): stream p50 >= {GOAL_SPEEDUP:.0f}x "
             f"lower than rerun ({best['speedup']:.1f}x) and p99 <= {GOAL_TAIL:.0f}x p50 "
-            f"({best['tail']:.2f}): {'met' if met else 'NOT met'}.")
+            f"({best['tail']:.2f}): {'met' if met else 'NOT met'}; the floor allows "
+            f"{best['floor_speedup']:.1f}x ({best['floor']['weight_bytes'] / 2**20:.1f} MiB of "
+            "weights per frame).")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / (name + '.md')}")
 
