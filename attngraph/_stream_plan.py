@@ -224,25 +224,17 @@ def run_step(plan: Plan, params: Mapping[str, np.ndarray], chunk: Mapping[str, n
     size = next(iter(chunk.values())).shape[1]
     check_frames(plan.max_frames, seen, size, "Stream.step")
     ctx = Step(plan, seen, np.arange(seen, seen + size), state)
-    env: dict[tuple[Node, int], np.ndarray] = {}
-    for node in model.nodes:
-        if node.op == "input":
-            arr = chunk[node.attrs["name"]]
-            env[(node, 0)] = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
-            continue
-        local = {p.name: params[model.param_key(node, p)] for p in node.params}
-        args = [env[(v.node, v.index)] if v is not None else None for v in node.inputs]
-        op = OPS[node.op]
+
+    def apply(node: Node, op: Any, local: dict[str, np.ndarray], args: list[Any]) -> Any:
         if op.stream is not None and op.stream.reference is not None:
-            outs = op.stream.reference(node.attrs, local, ctx, node, *args)
-        else:
-            if node in plan.last_only:
-                args = [a[:, -1:] if cut and a is not None else a
-                        for a, cut in zip(args, plan.slice_inputs(node))]
-            outs = op.reference(node.attrs, local, *args)
-        if not isinstance(outs, tuple):
-            outs = (outs,)
-        for i, out in enumerate(outs):
-            env[(node, i)] = out
+            return op.stream.reference(node.attrs, local, ctx, node, *args)
+        if node in plan.last_only:
+            args = [a[:, -1:] if cut and a is not None else a
+                    for a, cut in zip(args, plan.slice_inputs(node))]
+        return op.reference(node.attrs, local, *args)
+
+    from ._interpreter import run_nodes
+
+    env = run_nodes(model, params, chunk, apply=apply)
     ctx.new_state[FRAMES] = np.array([seen + size], np.int64)
     return {k: env[(v.node, v.index)] for k, v in model.outputs.items()}, ctx.new_state
