@@ -1,10 +1,10 @@
 """How busy this machine's CPUs are: `ag.Session` lets onnxruntime's idle pool threads spin
 only when they would find their CPUs free.
 
-Spinning threads answer the next op at once (KV-cache decoding measured 1.27x faster than with
-sleeping threads on an idle 2-core machine), but on a machine already running other work they
-take CPU time from it and from each other (the same decoding ran 0.6-0.9x as fast as with
-sleeping threads beside two busy processes)."""
+Spinning threads answer the next op at once (KV-cache decoding measured 1.2x-1.3x faster than
+with sleeping threads on an idle 2-core machine), but on a machine already running other work
+they take CPU time from it and from each other (the same decoding ran 1.2x-1.8x slower than
+with sleeping threads beside one or two busy processes; bench/README.md)."""
 
 from __future__ import annotations
 

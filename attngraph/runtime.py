@@ -67,7 +67,7 @@ class Session:
             spins when the session's threads fit on the CPUs other work leaves free (watched
             for 50 ms when the session is made, Linux; elsewhere it spins, onnxruntime's own
             default). Spinning is the fastest on a machine of its own (KV-cache decoding
-            measured 1.27x faster than with sleeping threads) and the slowest beside other
+            measured 1.2x-1.3x faster than with sleeping threads) and the slowest beside other
             busy work, whose CPUs spinning threads take. True or False fixes it.
     """
 
