@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -92,11 +93,14 @@ def test_ctrl_c_in_a_real_process(tmp_path) -> None:
     onnx_path = str(tmp_path / "m.onnx")
     spec = _write(tmp_path, "m.py", ATTN_FILE)
     assert main(["-q", "export", spec, "-o", onnx_path]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a plain pipe
     proc = subprocess.Popen([sys.executable, "-m", "attngraph", "run", onnx_path, "--repeat",
                              "100000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(tmp_path))
+                            text=True, cwd=str(tmp_path), env=env)
     try:
         assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)  # never wait forever
+        assert ready, "no line from `attngraph run` within 60 s (is stdout line-buffered?)"
         first = proc.stdout.readline()  # "feeds: ...": the command is running
         assert first.startswith("feeds:"), first
         time.sleep(0.3)
