@@ -13,13 +13,19 @@ from ._types import TensorType
 _KIND = {"float32": "f", "float16": "f", "int64": "iu", "int32": "iu", "bool": "b"}
 
 
+# inputs that may hold no position: a decoder's past keys / values before the first token and
+# a step model's state before the first frame
+CACHE_PREFIXES = ("past_key_values.", "state.")
+
+
 def check_feeds(
     inputs: Mapping[str, TensorType], feeds: Mapping[str, Any], *, check_finite: bool = False,
     where: str = "predict",
 ) -> dict[str, np.ndarray]:
     """Return the feeds as arrays of the declared dtypes, or raise one FeedError naming every
     problem: missing or unknown names, wrong dtype kind, wrong rank or size, a symbolic dim
-    bound to two sizes, NaN/Inf values (when `check_finite`)."""
+    bound to two sizes, an empty input other than a cache, NaN/Inf values (when
+    `check_finite`)."""
     if not isinstance(feeds, Mapping):
         raise FeedError(f"{where}: feeds must be a dict name -> array, given {type(feeds).__name__}")
     problems: list[str] = []
@@ -64,6 +70,12 @@ def check_feeds(
                     bad = True
                 bound.setdefault(dim, (size, name))
         if bad:
+            continue
+        if arr.size == 0 and not name.startswith(CACHE_PREFIXES):
+            axis = arr.shape.index(0)
+            problems.append(f"{name!r}: given {given}, empty along axis {axis} "
+                            f"({ttype.shape[axis]!r} = 0); every input needs at least one "
+                            "element per dimension (only caches start empty)")
             continue
         arr = arr.astype(ttype.dtype, copy=False)
         if check_finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():

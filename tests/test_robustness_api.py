@@ -284,3 +284,32 @@ def test_package_is_typed() -> None:
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["attngraph"]
+
+
+@pytest.mark.parametrize("where", ["predict", "ort", "onnx", "decomposed"])
+def test_an_empty_sequence_is_refused_naming_the_dim(where: str) -> None:
+    x = ag.input("x", ("batch", "seq", 8))
+    model = ag.Model(x, ag.multi_head_attention(x, num_heads=2, causal=True, name="attn"))
+    params = model.init(seed=0)
+    empty = {"x": np.zeros((2, 0, 8), np.float32)}
+    with pytest.raises(ag.FeedError, match=r"'x'.*empty along axis 1 \('seq' = 0\)"):
+        if where == "predict":
+            model.predict(params, empty)
+        else:
+            ag.Session(model, params=params, target=where).run(empty)
+
+
+def test_an_empty_cache_is_still_fed() -> None:
+    from attngraph._decode import cache_layers, empty_past
+
+    ids = ag.input("ids", ("batch", "seq"), "int64")
+    h = ag.embedding(ids, 11, 8, name="embed")
+    model = ag.Model(ids, ag.dense(ag.multi_head_attention(h, num_heads=2, causal=True,
+                                                           name="attn"), 11, name="head"))
+    params = model.init(seed=0)
+    tokens = np.array([[1, 2, 3]])
+    feeds = {"input_ids": tokens, "attention_mask": np.ones((1, 3), np.int64),
+             **empty_past(cache_layers(model), 1)}
+    session = ag.Session(ag.export(model, params, kv_cache=True, share_buffer=False))
+    np.testing.assert_allclose(session.run(feeds)["logits"],
+                               model.predict(params, {"ids": tokens})["output"], atol=1e-5)
