@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import sys
 import traceback
@@ -82,7 +83,7 @@ def _verbosity_flags(parser: argparse.ArgumentParser, default: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 1 validation failed, 2 mistake,
     130 interrupted)."""
-    if sys.stdout is sys.__stdout__ and hasattr(sys.stdout, "reconfigure"):
+    if sys.stdout is sys.__stdout__ and isinstance(sys.stdout, io.TextIOWrapper):
         # each line as it is printed, into a pipe too: `attngraph run ... | tee` shows the
         # feeds line before a long timing loop, not at the end
         sys.stdout.reconfigure(line_buffering=True)
