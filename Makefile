@@ -52,7 +52,7 @@ export: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff mypy
-	$(PY) -m ruff check attngraph tests
+	$(PY) -m ruff check attngraph tests bench
 	$(PY) -m mypy attngraph
 
 clean:

@@ -78,8 +78,8 @@ def run_cell(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "attention.py"), "--worker", json.dumps(spec)]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              cwd=str(ROOT))
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                              timeout=timeout_s, cwd=str(ROOT))
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "error": f"timeout after {timeout_s:.0f} s"}
     wall = time.perf_counter() - t0
@@ -179,7 +179,7 @@ def torch_available() -> str | None:
     """torch's version when ``import torch`` works in a subprocess, else None."""
     try:
         proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
-                              capture_output=True, text=True, timeout=120)
+                              check=False, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None

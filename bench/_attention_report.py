@@ -17,6 +17,7 @@ from _attention_config import (
     TORCH_TARGET,
 )
 from _attention_driver import _short
+
 from attngraph._table import render
 
 
@@ -90,15 +91,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
         "# Attention benchmark: one layer, embed 512, 8 heads, batch 1", "",
-        f"Machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, "
+        (f"Machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, "
         f"onnxruntime {m['onnxruntime']} (CPUExecutionProvider, intra-op threads: "
         f"{m['intra_op_threads']}), numpy {m['numpy']}, Python {m['python']}, "
         f"torch {report['torch'] or 'not installed (torch-sdpa skipped)'}, "
         f"attngraph {m['attngraph']}, {m['date']}; load average at start "
         f"{', '.join(f'{v:.2f}' for v in m['loadavg_start'])}, at end "
-        f"{', '.join(f'{v:.2f}' for v in m['loadavg_end'])}.", "",
+        f"{', '.join(f'{v:.2f}' for v in m['loadavg_end'])}."), "",
         f"Command: `{report['command']}` ({report['elapsed_s']:.0f} s).", "",
-        "Each cell runs in a fresh process: one warm-up run, then N timed runs (N "
+        ("Each cell runs in a fresh process: one warm-up run, then N timed runs (N "
         f"{report['min_runs']}..{report['max_runs']}, about {report['budget_s']:g} s of work); "
         "**median ms** is the median latency, **peak extra MiB** the peak resident memory "
         "during warm-up and timed runs above the resident memory just before them. Cells "
@@ -108,7 +109,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"a few seconds for CPU use under {report['quiet_below_pct']:g}%). "
         "**speedup** = decomposed median / this median (> 1 is faster than decomposed); "
         "**mem ratio** = this peak extra / decomposed peak extra (– when decomposed's is "
-        "under 1 MiB).", "",
+        "under 1 MiB)."), "",
     ]
     checks = []
     for mode, entry in report["exports"].items():
@@ -140,10 +141,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                         "mem ratio vs decomposed"), rows, style="markdown", align="rlrrrr")
         lines += [f"## {MODE_LABEL[mode]}", "", table, ""]
     lines += ["## Goals", "",
-              f"Causal at seq {' and '.join(map(str, GOAL_SEQS))}: the best fused target "
+              (f"Causal at seq {' and '.join(map(str, GOAL_SEQS))}: the best fused target "
               f"({' or '.join(FUSED_TARGETS)}; torch-sdpa is a reference, not a target) must be "
               f">= {GOAL_SPEEDUP}x faster than decomposed and use <= "
-              f"{GOAL_MEMORY_RATIO:g} of its peak extra memory.", ""]
+              f"{GOAL_MEMORY_RATIO:g} of its peak extra memory."), ""]
     for g in report["goals"]:
         if "speedup" in g:
             lines.append(

@@ -56,15 +56,15 @@ def main() -> int:
         print(rows[-1], flush=True)
     std = rows[0]["peak_mib"]
     lines = [f"# Reference interpreter: attention memory at seq {args.seq}", "",
-             f"One causal attention (batch 1, 1 head, head_dim 64), chunk {args.chunk}; "
-             "peak = tracemalloc peak of numpy allocations, each mode in its own process.", "",
+             (f"One causal attention (batch 1, 1 head, head_dim 64), chunk {args.chunk}; "
+             "peak = tracemalloc peak of numpy allocations, each mode in its own process."), "",
              "| mode | peak MiB | ratio to standard | seconds |", "|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['peak_mib']:.1f} | {r['peak_mib'] / std:.4f} | "
                      f"{r['seconds']:.1f} |")
     eff = rows[2]["peak_mib"] / std
-    lines += ["", f"Goal memory_efficient <= 1/20 of standard: ratio {eff:.4f} -> "
-              f"**{'PASS' if eff <= 0.05 else 'FAIL'}**"]
+    lines += ["", (f"Goal memory_efficient <= 1/20 of standard: ratio {eff:.4f} -> "
+              f"**{'PASS' if eff <= 0.05 else 'FAIL'}**")]
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "reference_memory.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
