@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import FeedError, UnsupportedError, layer_message
+from ._interpreter import run_nodes
 from ._registry import OPS
 
 if TYPE_CHECKING:
@@ -232,8 +233,6 @@ def run_step(plan: Plan, params: Mapping[str, np.ndarray], chunk: Mapping[str, n
             args = [a[:, -1:] if cut and a is not None else a
                     for a, cut in zip(args, plan.slice_inputs(node))]
         return op.reference(node.attrs, local, *args)
-
-    from ._interpreter import run_nodes
 
     env = run_nodes(model, params, chunk, apply=apply)
     ctx.new_state[FRAMES] = np.array([seen + size], np.int64)
