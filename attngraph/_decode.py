@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import FeedError, UnsupportedError, layer_message
+from ._feeds import PAST_PREFIX
 from ._registry import OPS
 from ._types import INT_DTYPES, TensorType
 
@@ -51,7 +52,7 @@ IDS, MASK, LOGITS = "input_ids", "attention_mask", "logits"
 
 
 def past_names(i: int) -> tuple[str, str]:
-    return f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+    return f"{PAST_PREFIX}{i}.key", f"{PAST_PREFIX}{i}.value"
 
 
 def present_names(i: int) -> tuple[str, str]:

@@ -13,18 +13,20 @@ from ._types import TensorType
 _KIND = {"float32": "f", "float16": "f", "int64": "iu", "int32": "iu", "bool": "b"}
 
 
-# inputs that may hold no position: a decoder's past keys / values before the first token and
-# a step model's state before the first frame
-CACHE_PREFIXES = ("past_key_values.", "state.")
+# The input names of attngraph's caches, which may hold no position: a cached decoder's past
+# keys / values before the first token, a step model's state before the first frame.
+PAST_PREFIX = "past_key_values."
+STATE_PREFIX = "state."
 
 
 def check_feeds(
     inputs: Mapping[str, TensorType], feeds: Mapping[str, Any], *, check_finite: bool = False,
-    where: str = "predict",
+    where: str = "predict", refuse_empty: bool = True,
 ) -> dict[str, np.ndarray]:
     """Return the feeds as arrays of the declared dtypes, or raise one FeedError naming every
     problem: missing or unknown names, wrong dtype kind, wrong rank or size, a symbolic dim
-    bound to two sizes, an empty input other than a cache, NaN/Inf values (when
+    bound to two sizes, an empty input other than attngraph's caches (when `refuse_empty`:
+    attngraph's models; another exporter's caches have other names), NaN/Inf values (when
     `check_finite`)."""
     if not isinstance(feeds, Mapping):
         raise FeedError(f"{where}: feeds must be a dict name -> array, given {type(feeds).__name__}")
@@ -71,7 +73,7 @@ def check_feeds(
                 bound.setdefault(dim, (size, name))
         if bad:
             continue
-        if arr.size == 0 and not name.startswith(CACHE_PREFIXES):
+        if refuse_empty and arr.size == 0 and not name.startswith((PAST_PREFIX, STATE_PREFIX)):
             axis = arr.shape.index(0)
             problems.append(f"{name!r}: given {given}, empty along axis {axis} "
                             f"({ttype.shape[axis]!r} = 0); every input needs at least one "

@@ -35,7 +35,8 @@ def evaluate(
 
 def run_nodes(model: Model, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
               *, observer: Any = None, decode: Decode | None = None,
-              apply: Callable[..., Any] | None = None) -> dict[tuple[Node, int], np.ndarray]:
+              apply: Callable[[Node, Any, dict[str, np.ndarray], list[Any]], Any] | None = None,
+              ) -> dict[tuple[Node, int], np.ndarray]:
     """Evaluate every node on checked params and inputs; with `decode`, ops that look across
     positions run their KV-cache forms (the others see only the new tokens). `apply(node, op,
     local_params, args)`, when given, evaluates each node instead (a step model's forms)."""
@@ -48,17 +49,15 @@ def run_nodes(model: Model, params: Mapping[str, np.ndarray], inputs: Mapping[st
         local = {p.name: params[model.param_key(node, p)] for p in node.params}
         args = [env[(v.node, v.index)] if v is not None else None for v in node.inputs]
         op = OPS[node.op]
-        if apply is not None:
-            outs = apply(node, op, local, args)
-            env.update(((node, i), out) for i, out in
-                       enumerate(outs if isinstance(outs, tuple) else (outs,)))
-            continue
         cached = decode is not None and op.decode is not None
-        problem = op.check(node.attrs, *args) if op.check is not None and not cached else None
+        problem = (op.check(node.attrs, *args)
+                   if op.check is not None and not cached and apply is None else None)
         try:
             if problem is not None:
                 raise FeedError(problem)
-            if cached:
+            if apply is not None:
+                outs = apply(node, op, local, args)
+            elif cached:
                 assert op.decode is not None
                 outs = op.decode.reference(node.attrs, local, decode, node, *args)
             else:

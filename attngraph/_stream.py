@@ -82,8 +82,6 @@ class Stream:
         arrays = self._same_layout(feeds) or check_feeds(self.inputs, feeds, where="Stream.step")
         first = next(iter(arrays.values()))
         batch, size = first.shape[0], first.shape[1]
-        if size == 0:
-            raise FeedError("Stream.step: the chunk holds no frame (chunk = 0)")
         if self.batch is not None and batch != self.batch:
             raise FeedError(f"Stream.step: this stream carries {self.batch} row(s), given a "
                             f"chunk of {batch}; call reset() to start a stream of another "
@@ -96,7 +94,8 @@ class Stream:
 
     def _same_layout(self, feeds: Any) -> dict[str, np.ndarray] | None:
         """Feeds laid out exactly as the last checked chunk's (arrays of the same dtypes,
-        batch and frame shape, one chunk length): the full check would pass, skip it."""
+        batch and frame shape, one chunk length of at least one frame): the full check would
+        pass, skip it."""
         layout = self._layout
         if layout is None or not isinstance(feeds, dict) or feeds.keys() != layout.keys():
             return None
@@ -104,7 +103,8 @@ class Stream:
         for name, arr in feeds.items():
             dtype, batch, frame = layout[name]
             if type(arr) is not np.ndarray or arr.dtype != dtype or arr.shape[:1] != batch \
-                    or arr.shape[2:] != frame or arr.ndim < 2 or size not in (None, arr.shape[1]):
+                    or arr.shape[2:] != frame or arr.ndim < 2 or arr.shape[1] == 0 \
+                    or size not in (None, arr.shape[1]):
                 return None
             size = arr.shape[1]
         return feeds

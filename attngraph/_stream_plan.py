@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import FeedError, UnsupportedError, layer_message
+from ._feeds import STATE_PREFIX
 from ._interpreter import run_nodes
 from ._registry import OPS
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from ._model import Model
 
 FRAMES = "frames"
-STATE_IN, STATE_OUT = "state.", "new_state."
+STATE_IN, STATE_OUT = STATE_PREFIX, "new_state."
 _ENDS_TIME = ("last_timestep", "timestep", "mean_pool")  # ops whose output has no time axis
 _LAST_QUERY = contextvars.ContextVar("last_query", default=True)
 

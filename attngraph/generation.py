@@ -28,6 +28,7 @@ from ._decode import (
     run_cached,
 )
 from ._errors import ConfigError, FeedError, UnsupportedError, caller_location
+from ._feeds import PAST_PREFIX
 from ._model import Model
 from ._params import check_params
 
@@ -60,7 +61,7 @@ class _Cached:
 
     def __init__(self, session: Any) -> None:
         self.session = session
-        self.past_inputs = [n for n in session.inputs if n.startswith("past_key_values.")]
+        self.past_inputs = [n for n in session.inputs if n.startswith(PAST_PREFIX)]
         self.past: dict[str, Any] = {}
         self.layer_config = _recorded_layers(session)
 
@@ -75,7 +76,7 @@ class _Cached:
         return self._run(ids, mask, {})
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, host: dict[str, np.ndarray]) -> np.ndarray:
-        keep = [n.replace("past_key_values.", "present.") for n in self.past_inputs]
+        keep = [n.replace(PAST_PREFIX, "present.") for n in self.past_inputs]
         fetched, kept = self.session.run_bound(
             {IDS: ids, MASK: mask, **host}, self.past, keep=keep, fetch=[LOGITS])
         self.past = {past: kept[present] for past, present in zip(self.past_inputs, keep)}
@@ -92,8 +93,8 @@ class _Shared:
 
     def __init__(self, session: Any) -> None:
         self.session = session
-        self.past_inputs = [n for n in session.inputs if n.startswith("past_key_values.")]
-        self.alias = {n: n.replace("past_key_values.", "present.") for n in self.past_inputs}
+        self.past_inputs = [n for n in session.inputs if n.startswith(PAST_PREFIX)]
+        self.alias = {n: n.replace(PAST_PREFIX, "present.") for n in self.past_inputs}
         self.layer_config = _recorded_layers(session)
         self.buffers: dict[str, Any] = {}
         self.max_len = 0
@@ -197,7 +198,7 @@ def _backend(target: Any, params: Mapping[str, np.ndarray] | None) -> Any:
         return _Reference(target, params)
     if isinstance(target, Session):
         if IDS in target.inputs and MASK in target.inputs and any(
-                n.startswith("past_key_values.") for n in target.inputs):
+                n.startswith(PAST_PREFIX) for n in target.inputs):
             if target.metadata.get("attngraph.share_buffer") == "true":
                 return _Shared(target)
             return _Cached(target)

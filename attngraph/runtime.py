@@ -65,8 +65,8 @@ class Session:
         threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
         spinning: whether idle pool threads spin-wait between ops. "auto" (the default)
             spins when the session's threads fit on the CPUs other work leaves free (watched
-            for 50 ms when the session is made, Linux; elsewhere it spins, onnxruntime's own
-            default). Spinning is the fastest on a machine of its own (KV-cache decoding
+            for 50 ms when a CPU session is made, the look reused for 5 s; Linux, elsewhere
+            it spins, onnxruntime's own default; a CUDA session spins). Spinning is the fastest on a machine of its own (KV-cache decoding
             measured 1.2x-1.3x faster than with sleeping threads) and the slowest beside other
             busy work, whose CPUs spinning threads take. True or False fixes it.
     """
@@ -77,6 +77,10 @@ class Session:
                  spinning: bool | str = "auto") -> None:
         import onnxruntime as ort
 
+        if not (isinstance(spinning, (bool, np.bool_))
+                or (isinstance(spinning, str) and spinning == "auto")):
+            raise ConfigError(f"Session: spinning must be True, False or 'auto', given "
+                              f"{spinning!r}")
         ort.set_default_logger_severity(_LOG_SEVERITY)
         data = self._load_bytes(model_or_path, params, target, dtype)
         from ._model import Model
@@ -86,18 +90,14 @@ class Session:
         options.log_severity_level = _LOG_SEVERITY
         if threads is not None:
             options.intra_op_num_threads = threads
-        if not (isinstance(spinning, (bool, np.bool_))
-                or (isinstance(spinning, str) and spinning == "auto")):
-            raise ConfigError(f"Session: spinning must be True, False or 'auto', given "
-                              f"{spinning!r}")
-        if spinning == "auto":
-            spinning = spin_by_default(threads)
+        self.providers = (_checked_providers(providers) if providers is not None
+                          else default_providers())
+        if isinstance(spinning, str):  # "auto": the CPUs' load decides where they run the model
+            spinning = self.providers[0] != "CPUExecutionProvider" or spin_by_default(threads)
         self.spinning = bool(spinning)
         if not spinning:  # idle pool threads sleep between ops (see the docstring)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.providers = (_checked_providers(providers) if providers is not None
-                          else default_providers())
         data = _adapted(data, options, ort.__version__)
         try:
             self._session = ort.InferenceSession(data, options, providers=self.providers,
@@ -110,6 +110,7 @@ class Session:
             i.name: _tensor_type(i) for i in self._session.get_inputs()
         }
         self._layers = layers_of(self.metadata)
+        self._ours = "attngraph.version" in self.metadata  # exported by attngraph
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.outputs: dict[str, TensorType] = {
             o.name: _tensor_type(o) for o in self._session.get_outputs()
@@ -146,7 +147,8 @@ class Session:
             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Check feeds against the model's inputs (names, dtypes, shapes; NaN/Inf when
         `check_finite`), run, and return outputs by name."""
-        arrays = check_feeds(self.inputs, feeds, check_finite=check_finite, where="Session.run")
+        arrays = check_feeds(self.inputs, feeds, check_finite=check_finite, where="Session.run",
+                             refuse_empty=self._ours)
         check_limits(self._limits, {k: t.shape for k, t in self.inputs.items()}, arrays,
                      "Session.run")
         if isinstance(outputs, str):  # one name, as Keras and Hugging Face users pass it

@@ -70,7 +70,7 @@ COLUMNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy", "cache
 # genai and genai_copy token by token in one process) is there to compare under load, and
 # cached_spin / cached_sleep (cached with spinning fixed on / off instead of "auto") to see
 # what the session's choice is worth
-RUNS = COLUMNS[:6]
+RUNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy")
 NEW_TOKENS = 32
 GOAL_CONTEXT = 2048
 GOALS = {"recompute": 10.0, "hf": 2.5, "genai": 1.2}  # cached / column, at GOAL_CONTEXT
@@ -345,8 +345,10 @@ def main() -> int:
 
 @contextlib.contextmanager
 def busy(count: int) -> Iterator[None]:
-    """`count` processes that keep a CPU each busy (for at most an hour) until the block ends."""
-    loop = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass"
+    """`count` processes that keep a CPU each busy until the block ends (each also stops when
+    this process is gone, or after a day)."""
+    loop = ("import os, time\nparent, end = os.getppid(), time.monotonic() + 86400\n"
+            "while os.getppid() == parent and time.monotonic() < end: pass")
     hogs = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(count)]
     try:
         time.sleep(0.5 if hogs else 0)
@@ -426,6 +428,10 @@ def write(name: str, rows: list[dict[str, Any]], threads: int, load: int) -> Non
         lines.append(f"| {r['shape']} | {r['context']} | " + " | ".join(cells + ratios)
                      + f" | {same} |")
     lines.append("")
+    chose = [f"{r['shape']} @ {r['context']}: {'spin' if r['cached']['spinning'] else 'sleep'}"
+             for r in rows if "spinning" in r.get("cached", {})]
+    if chose:
+        lines += ["cached's session chose (spinning=\"auto\"): " + "; ".join(chose) + ".", ""]
     for r in rows:
         if r["context"] != GOAL_CONTEXT:
             continue

@@ -100,9 +100,12 @@ def test_ctrl_c_in_a_real_process(tmp_path) -> None:
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 60)  # never wait forever
-        assert ready, "no line from `attngraph run` within 60 s (is stdout line-buffered?)"
-        first = proc.stdout.readline()  # "feeds: ...": the command is running
-        assert first.startswith("feeds:"), first
+        first = proc.stdout.readline() if ready else ""  # "feeds: ...": the command is running
+        if not first.startswith("feeds:"):
+            proc.kill()
+            pytest.fail(f"`attngraph run` printed {first!r} (stderr: {proc.communicate()[1]!r})"
+                        if ready else "no line from `attngraph run` within 60 s (is its "
+                        "stdout line-buffered?)")
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

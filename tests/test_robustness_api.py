@@ -313,3 +313,33 @@ def test_an_empty_cache_is_still_fed() -> None:
     session = ag.Session(ag.export(model, params, kv_cache=True, share_buffer=False))
     np.testing.assert_allclose(session.run(feeds)["logits"],
                                model.predict(params, {"ids": tokens})["output"], atol=1e-5)
+
+
+def test_a_step_model_takes_empty_state_through_session_run() -> None:
+    x = ag.input("x", ("batch", "seq", 8))
+    model = ag.Model(x, ag.multi_head_attention(x, num_heads=2, causal=True, name="attn"))
+    params = model.init(seed=0)
+    session = ag.Session(ag.export(model, params, streaming=True))
+    frames = np.random.default_rng(1).standard_normal((1, 3, 8)).astype(np.float32)
+    feeds = {"x": frames}
+    for name, t in session.inputs.items():
+        if name.startswith("state."):  # nothing seen yet: empty caches, zero frames
+            feeds[name] = np.zeros([1 if d == "batch" else d if isinstance(d, int) else 0
+                                    for d in t.shape], t.dtype)
+    np.testing.assert_allclose(session.run(feeds)["output"],
+                               model.predict(params, {"x": frames})["output"], atol=1e-5)
+
+
+def test_another_exporters_empty_cache_is_not_refused() -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["cache_k", "new_k"], ["present_k"], axis=1)], "foreign",
+        [helper.make_tensor_value_info("cache_k", TensorProto.FLOAT, ["batch", "past", 4]),
+         helper.make_tensor_value_info("new_k", TensorProto.FLOAT, ["batch", 1, 4])],
+        [helper.make_tensor_value_info("present_k", TensorProto.FLOAT, ["batch", "total", 4])])
+    foreign = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    foreign.ir_version = 10
+    new = np.ones((2, 1, 4), np.float32)
+    got = ag.Session(foreign).run({"cache_k": np.zeros((2, 0, 4), np.float32), "new_k": new})
+    np.testing.assert_array_equal(got["present_k"], new)

@@ -291,10 +291,10 @@ def test_stream_checks_its_arguments_and_feeds(tmp_path: Any) -> None:
         ag.Stream(str(plain))
     for backend in ("reference", "ort"):
         stream = stream_of("mixed", backend)
-        with pytest.raises(ag.FeedError, match="'chunk' = 0"):  # the first chunk: checked
+        with pytest.raises(ag.FeedError, match="'chunk' = 0"):
             stream.step({"x": x[:, :0]})
         stream.step({"x": x[:, :2]})
-        with pytest.raises(ag.FeedError, match="chunk = 0"):  # laid out like the last one
+        with pytest.raises(ag.FeedError, match="'chunk' = 0"):  # after a chunk: the same
             stream.step({"x": x[:, :0]})
         with pytest.raises(ag.FeedError, match="reset"):
             stream.step({"x": x[:1, 2:3]})
