@@ -66,9 +66,10 @@ class Session:
         spinning: whether idle pool threads spin-wait between ops. "auto" (the default)
             spins when the session's threads fit on the CPUs other work leaves free (watched
             for 50 ms when a CPU session is made, the look reused for 5 s; Linux, elsewhere
-            it spins, onnxruntime's own default; a CUDA session spins). Spinning is the fastest on a machine of its own (KV-cache decoding
-            measured 1.2x-1.3x faster than with sleeping threads) and the slowest beside other
-            busy work, whose CPUs spinning threads take. True or False fixes it.
+            it spins, onnxruntime's own default; a CUDA session spins). Spinning is the
+            fastest on a machine of its own (KV-cache decoding measured 1.2x-1.3x faster than
+            with sleeping threads) and the slowest beside other busy work, whose CPUs spinning
+            threads take. True or False fixes it.
     """
 
     def __init__(self, model_or_path: Any, providers: Sequence[str] | None = None, *,

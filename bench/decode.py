@@ -64,13 +64,12 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 CONTEXTS = (512, 2048)
 QUICK_CONTEXTS = (2048,)
-COLUMNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy", "cached_spin",
-           "cached_sleep")
 # what runs by default: every column in a process of its own; "interleaved" (cached, hf,
 # genai and genai_copy token by token in one process) is there to compare under load, and
 # cached_spin / cached_sleep (cached with spinning fixed on / off instead of "auto") to see
 # what the session's choice is worth
 RUNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy")
+COLUMNS = (*RUNS, "cached_spin", "cached_sleep")
 NEW_TOKENS = 32
 GOAL_CONTEXT = 2048
 GOALS = {"recompute": 10.0, "hf": 2.5, "genai": 1.2}  # cached / column, at GOAL_CONTEXT

@@ -12,8 +12,9 @@ Models (the seed's sizes, batch 1, onnxruntime CPU, every target):
     rerun      Session.run on the last 60 frames [1, 60, 1024] (one frame in four is re-run;
                blocks of each alternate in one process, so all see the same load); also the
                ordinary export as it was before last-query evaluation ("every query")
-    floor      the step's weight products alone, bound once (`products_only`): the least a
-               frame can cost here, so rerun / floor bounds what any step model can reach
+    floor      the step's weight products alone, bound once (`products_only`): about the
+               least a frame can cost here, so rerun / floor is about the best ratio a step
+               model can reach
     S=4096     hybrid's ordinary export on [1, 4096, 1024]: every query vs the last query
 
     flock /tmp/attngraph-bench.lock .venv/bin/python bench/streaming.py          # everything
@@ -82,17 +83,12 @@ def products_only(proto: Any) -> Any:
     nodes, inputs, outputs, tensors = [], [], [], []
     for i, w in enumerate(weights):
         tensors.append(numpy_helper.from_array(w, f"w{i}"))
-        inputs.append(helper.make_tensor_value_info(f"x{i}", onnx_dtype(w), [1, w.shape[0]]))
-        outputs.append(helper.make_tensor_value_info(f"y{i}", onnx_dtype(w), [1, w.shape[1]]))
+        dtype = helper.np_dtype_to_tensor_dtype(w.dtype)
+        inputs.append(helper.make_tensor_value_info(f"x{i}", dtype, [1, w.shape[0]]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", dtype, [1, w.shape[1]]))
         nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]))
     graph = helper.make_graph(nodes, "products", inputs, outputs, tensors)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def onnx_dtype(w: np.ndarray) -> int:
-    from onnx import helper
-
-    return helper.np_dtype_to_tensor_dtype(w.dtype)
 
 
 class Floor:
