@@ -18,6 +18,11 @@ time (robust to a busy spell on a shared machine; the mean is recorded too). Col
                new token to its last by a streamer
     genai      onnxruntime-genai's Generator on the same model.onnx, share buffer on
     genai_copy the same with past_present_share_buffer false (its other mode)
+    floor      the least a cached token can cost here: cached's weight products and its
+               GroupQueryAttention kernels over `context` cached positions, and nothing else
+               (no norm, activation, rotary, mask, Python), every input bound once (see
+               bench/_floor.py); `products` and `grouped` in its json entry: the products alone,
+               and the products with the attention done as one product per key/value head
     cached_spin, cached_sleep   (only when asked for) cached with the session's spinning fixed
                on / off instead of "auto"
 
@@ -55,6 +60,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from _floor import Floor, attention_only, floor_model, products_only
+
 import attngraph as ag
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -68,7 +75,7 @@ QUICK_CONTEXTS = (2048,)
 # genai and genai_copy token by token in one process) is there to compare under load, and
 # cached_spin / cached_sleep (cached with spinning fixed on / off instead of "auto") to see
 # what the session's choice is worth
-RUNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy")
+RUNS = ("cached", "copying", "recompute", "hf", "genai", "genai_copy", "floor")
 COLUMNS = (*RUNS, "cached_spin", "cached_sleep")
 NEW_TOKENS = 32
 GOAL_CONTEXT = 2048
@@ -159,7 +166,36 @@ def timed_genai(folder: str, prompt: np.ndarray, n: int) -> tuple[list[float], l
     return list(np.diff(times)), [int(t) for t in generator.get_sequence(0)[prompt.shape[1]:]]
 
 
+def floor_cell(ctx: int, folder: str, threads: int) -> dict[str, Any]:
+    """tok/s of the floor (products + the file's attention kernels), of the products alone and
+    of the products with grouped attention, each timed alone after a warm-up."""
+    import onnx
+
+    path = os.path.join(folder, "model.onnx")
+    spinning = ag.Session(path, threads=threads or None).spinning  # what cached would choose
+    proto = onnx.load(path)
+    products = products_only(proto)
+    out: dict[str, Any] = {"spinning": spinning}
+    for name, parts in (("tok_s", (products, attention_only(proto, ctx, "gqa"))),
+                        ("products_tok_s", (products,)),
+                        ("grouped_tok_s", (products, attention_only(proto, ctx, "grouped")))):
+        floor = Floor(floor_model(*parts), threads or None, spinning, ctx)
+        for _ in range(20):
+            floor.run()
+        steps = []
+        for _ in range(200):
+            start = time.perf_counter()
+            floor.run()
+            steps.append(time.perf_counter() - start)
+        out[name] = 1.0 / float(np.median(steps))
+        del floor
+    out["weight_bytes"] = sum(len(t.raw_data) for t in products[3])
+    return out
+
+
 def cell(shape: str, ctx: int, column: str, folder: str, threads: int) -> dict[str, Any]:
+    if column == "floor":
+        return floor_cell(ctx, folder, threads)
     hf, model, params = hf_model(shape)
     if hf is not None and threads:
         import torch
@@ -443,6 +479,16 @@ def write(name: str, rows: list[dict[str, Any]], threads: int, load: int) -> Non
                 met = "met" if ratios[0] >= goal else "NOT met"
                 lines.append(f"- Goal {r['shape']} @ {GOAL_CONTEXT}: cached >= {goal}x "
                              f"{column}: {ratios[0]:.2f}x, {met}.")
+    for r in rows:
+        floor, hf = r.get("floor", {}), r.get("hf", {})
+        if r["context"] == GOAL_CONTEXT and "tok_s" in floor and "tok_s" in r.get("cached", {}):
+            allows = f"; floor / hf {floor['tok_s'] / hf['tok_s']:.2f}x" if "tok_s" in hf else ""
+            lines.append(
+                f"- Floor {r['shape']} @ {GOAL_CONTEXT}: {floor['tok_s']:.1f} tok/s, cached "
+                f"reaches {r['cached_vs_floor']:.0%} of it{allows} (the most cached / hf could "
+                f"be with onnxruntime's attention kernel); products alone "
+                f"{floor['products_tok_s']:.1f} tok/s ({floor['weight_bytes'] / 2**20:.1f} MiB), "
+                f"products + grouped attention {floor['grouped_tok_s']:.1f} tok/s.")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / (name + '.md')}")
 

@@ -43,6 +43,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from _floor import Floor, floor_model, products_only
+
 import attngraph as ag
 
 EMBED, WINDOW, LONG = 1024, 60, 4096
@@ -62,64 +64,6 @@ def stats(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "frames_s": float(len(ms) / (ms.sum() / 1e3)), "n": len(ms)}
-
-
-def products_only(proto: Any) -> Any:
-    """The floor of a step: a graph of nothing but the step model's weight products, each fed
-    one row of its own (MatMul with a 2-D weight; LSTM / GRU input and recurrent weights as the
-    products they make for one frame). Every weight is read once per run, as in a step; no
-    cache, shape, position or mask node runs."""
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: t for t in proto.graph.initializer}
-    weights: list[np.ndarray] = []
-    for node in proto.graph.node:
-        if node.op_type == "MatMul" and node.input[1] in inits \
-                and len(inits[node.input[1]].dims) == 2:
-            weights.append(numpy_helper.to_array(inits[node.input[1]]))
-        elif node.op_type in ("LSTM", "GRU"):
-            for name in node.input[1:3]:  # W [dirs, gates*H, in], R [dirs, gates*H, H]
-                weights += [w.T.copy() for w in numpy_helper.to_array(inits[name])]
-    nodes, inputs, outputs, tensors = [], [], [], []
-    for i, w in enumerate(weights):
-        tensors.append(numpy_helper.from_array(w, f"w{i}"))
-        dtype = helper.np_dtype_to_tensor_dtype(w.dtype)
-        inputs.append(helper.make_tensor_value_info(f"x{i}", dtype, [1, w.shape[0]]))
-        outputs.append(helper.make_tensor_value_info(f"y{i}", dtype, [1, w.shape[1]]))
-        nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]))
-    graph = helper.make_graph(nodes, "products", inputs, outputs, tensors)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-class Floor:
-    """`products_only` run with every input and output bound once, like a steady stream step
-    (no Python feed check either): about the least a frame can cost on this machine."""
-
-    def __init__(self, proto: Any, threads: int | None, spinning: bool) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        if not spinning:  # as the stream's session chose
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        products = products_only(proto)
-        self.weight_bytes = sum(len(t.raw_data) for t in products.graph.initializer)
-        self.session = ort.InferenceSession(products.SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
-        self.binding = self.session.io_binding()
-        rng = np.random.default_rng(1)
-        self.values = []
-        for i in self.session.get_inputs():
-            x = rng.standard_normal(i.shape).astype(np.float32)
-            self.values.append(ort.OrtValue.ortvalue_from_numpy(x))
-            self.binding.bind_ortvalue_input(i.name, self.values[-1])
-        for o in self.session.get_outputs():
-            self.values.append(ort.OrtValue.ortvalue_from_numpy(np.zeros(o.shape, np.float32)))
-            self.binding.bind_ortvalue_output(o.name, self.values[-1])
-
-    def run(self) -> None:
-        self.session.run_with_iobinding(self.binding)
 
 
 def cell(spec: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +100,7 @@ def cell(spec: dict[str, Any]) -> dict[str, Any]:
     with every_query():  # the ordinary export as it was before last-query evaluation
         every = ag.Session(ag.export(model, params, target=spec["target"]),
                            ["CPUExecutionProvider"], threads=threads)
-    floor = Floor(proto, threads, stream._backend.session.spinning)
+    floor = Floor(floor_model(products_only(proto)), threads, stream._backend.session.spinning)
     stream.step({"input": frames[:, :WINDOW]})  # fill the window
     rerun.run({"input": frames[:, :WINDOW]})
     every.run({"input": frames[:, :WINDOW]})
