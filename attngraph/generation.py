@@ -98,6 +98,8 @@ class _Shared:
         self.layer_config = _recorded_layers(session)
         self.buffers: dict[str, Any] = {}
         self.max_len = 0
+        self.logits = np.zeros((0, 1, 0), np.float32)
+        self.steady: Any = None
 
     def reserve(self, max_len: int) -> None:
         """Room for the longest prompt plus every new token (called before start)."""
@@ -116,12 +118,17 @@ class _Shared:
                 (batch, t.shape[1], max(self.max_len, width), t.shape[3]), t.dtype)
         self.count = np.arange(width)[None] < lengths[:, None]  # (B, S) right-padded mask
         logits = self._run(front, self.count.astype(np.int64))  # (B, S, V)
+        self.logits = np.zeros((batch, 1, logits.shape[2]), logits.dtype)  # each step's
+        self.steady = None
         return logits[np.arange(batch), lengths - 1].astype(np.float32)  # (B, V)
 
     def step(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         # every row gained one token: the mask over the buffer grows by one column of ones
         self.count = np.concatenate([self.count, np.ones((ids.shape[0], 1), bool)], axis=1)
-        return self._run(ids, self.count.astype(np.int64))[:, -1].astype(np.float32)
+        if self.steady is None:  # from the first one-token step on, one binding serves all
+            self.steady = self.session.steady(self.buffers, self.alias, {LOGITS: self.logits})
+        self.steady({IDS: ids, MASK: self.count.astype(np.int64)})
+        return self.logits[:, -1].astype(np.float32)  # (B, V), a copy
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         fetched, _ = self.session.run_bound({IDS: ids, MASK: mask}, self.buffers, keep=[],

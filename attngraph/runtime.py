@@ -217,10 +217,47 @@ class Session:
                    for name, v in zip(fetch, values[len(keep):len(keep) + len(fetch)])}
         return fetched, kept
 
+    def steady(self, device: Mapping[str, Any], alias: Mapping[str, str],
+               fetch: Mapping[str, np.ndarray]) -> SteadyRun:
+        """A run for the steady steps of a loop, with one I/O binding kept between them:
+        `device` values and the outputs `alias` {input: output} names are bound to them (the
+        model updates them in place) once, as is each `fetch` {output: preallocated numpy
+        array}, which every run then overwrites (so its outputs must keep that shape). Calling
+        the result with `host` numpy inputs binds them and runs. Feeds are not checked here
+        (the caller builds them)."""
+        return SteadyRun(self, device, alias, fetch)
+
     @property
     def session(self) -> Any:
         """The underlying onnxruntime.InferenceSession."""
         return self._session
+
+
+class SteadyRun:
+    """`Session.steady`'s run: the binding and the values bound to it live as long as it."""
+
+    def __init__(self, session: Session, device: Mapping[str, Any], alias: Mapping[str, str],
+                 fetch: Mapping[str, np.ndarray]) -> None:
+        import onnxruntime as ort
+
+        self._session, self._layers = session.session, session._layers
+        self._binding = binding = self._session.io_binding()
+        self._values = {name: ort.OrtValue.ortvalue_from_numpy(arr)
+                        for name, arr in fetch.items()}
+        for name, value in device.items():
+            binding.bind_ortvalue_input(name, value)
+            if name in alias:
+                binding.bind_ortvalue_output(alias[name], value)
+        for name, value in self._values.items():
+            binding.bind_ortvalue_output(name, value)
+
+    def __call__(self, host: Mapping[str, np.ndarray]) -> None:
+        try:
+            for name, arr in host.items():
+                self._binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+            self._session.run_with_iobinding(self._binding)
+        except Exception as exc:  # noqa: BLE001 - report onnxruntime failures as ours
+            raise RuntimeFailure(explain("Session.steady", exc, self._layers)) from None
 
 
 def _adapted(data: bytes | str, options: Any, version: str) -> bytes | str:
