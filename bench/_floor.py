@@ -27,9 +27,13 @@ def products_only(proto: Any) -> Pieces:
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in proto.graph.initializer}
+    tied = {node.output[0]: node.input[0] for node in proto.graph.node  # a tied output head
+            if node.op_type == "Transpose" and node.input[0] in inits}
     weights: list[np.ndarray] = []
     for node in proto.graph.node:
-        if node.op_type == "MatMul" and node.input[1] in inits \
+        if node.op_type == "MatMul" and node.input[1] in tied:
+            weights.append(numpy_helper.to_array(inits[tied[node.input[1]]]).T.copy())
+        elif node.op_type == "MatMul" and node.input[1] in inits \
                 and len(inits[node.input[1]].dims) == 2:
             weights.append(numpy_helper.to_array(inits[node.input[1]]))
         elif node.op_type in ("LSTM", "GRU"):
