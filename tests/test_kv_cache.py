@@ -372,6 +372,24 @@ def test_generate_updates_one_buffer_in_place(kind: str) -> None:
                                        ref.past[name][r, :, -last:], atol=ATOL)
 
 
+def test_steady_run_reports_failures_as_ours() -> None:
+    """Session.steady, the binding ag.generate keeps for one-token steps: a step onnxruntime
+    refuses (token ids of the wrong type) raises RuntimeFailure naming the call, not
+    onnxruntime's error; a good step writes the preallocated logits in place."""
+    model, params, _ = stepper("llama", "reference")
+    session = ag.Session(ag.export(model, params, kv_cache=True), ["CPUExecutionProvider"])
+    buffers = {name: session.buffer((1, t.shape[1], 4, t.shape[3]), t.dtype)
+               for name, t in session.inputs.items() if name.startswith("past_key_values.")}
+    alias = {name: name.replace("past_key_values.", "present.") for name in buffers}
+    logits = np.zeros((1, 1, VOCAB), np.float32)
+    run = session.steady(buffers, alias, {"logits": logits})
+    run({"input_ids": np.array([[3]]), "attention_mask": np.ones((1, 1), np.int64)})
+    want = model.predict(params, {"input_ids": np.array([[3]])})["logits"]
+    np.testing.assert_allclose(logits, want, atol=ATOL)
+    with pytest.raises(ag.RuntimeFailure, match="Session.steady"):
+        run({"input_ids": np.array([[3.0]]), "attention_mask": np.ones((1, 2), np.int64)})
+
+
 def test_shared_buffer_float16() -> None:
     """A float16 shared-buffer export: float16 buffers, logits near the float32 reference."""
     from attngraph.generation import _backend
