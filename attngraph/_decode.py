@@ -140,9 +140,9 @@ def cache_layers(model: Model, where: str = "kv_cache") -> list[CacheLayer]:
 def share_buffer_choice(layers: list[CacheLayer], target: str, share_buffer: bool | None,
                         where: str = "export(kv_cache=True)") -> bool:
     """Whether a cached export uses one shared past/present buffer per layer. None (default):
-    on "ort" when every layer runs GroupQueryAttention (head_dim % 8 == 0) and none has a
-    sliding window (a windowed cache is already at most `window` long). True where it cannot
-    be done raises UnsupportedError naming the layer."""
+    on "ort" when every layer runs GroupQueryAttention (head_dim % 8 == 0), windowed layers
+    included (the op applies the window inside the buffer). True where it cannot be done
+    raises UnsupportedError naming the layer."""
     if share_buffer is not None and not isinstance(share_buffer, bool):
         raise UnsupportedError(f"{where}: share_buffer must be True, False or None, given "
                                f"{share_buffer!r}")
@@ -162,7 +162,7 @@ def share_buffer_choice(layers: list[CacheLayer], target: str, share_buffer: boo
                 f"{where}: share_buffer=True needs head_dim % 8 == 0 (GroupQueryAttention), "
                 f"given head_dim {layer.head_dim}", layer.node.location))
         return False
-    return bool(share_buffer) or all(x.window is None for x in layers)
+    return True
 
 
 def _types(types: Mapping[str, TensorType]) -> str:

@@ -103,14 +103,8 @@ def save_genai(model: Model, params: Mapping[str, np.ndarray], out_dir: str | os
         raise UnsupportedError(f"save_genai: onnxruntime-genai needs the same (heads, kv_heads, "
                                f"head_dim) in every layer, given {sorted(heads)}")
     (num_heads, kv_heads, head_dim), = heads
-    wanted = export_options.pop("share_buffer", None)
-    if wanted is None:  # genai's fastest mode wherever the export can do it, windows included
-        try:
-            shared = share_buffer_choice(layers, target, True, "save_genai")
-        except UnsupportedError:
-            shared = False
-    else:
-        shared = share_buffer_choice(layers, target, wanted, "save_genai")
+    shared = share_buffer_choice(layers, target, export_options.pop("share_buffer", None),
+                                 "save_genai")
     windows = sorted({x.window for x in layers if x.window is not None})
     if windows == [1] and not shared:
         raise UnsupportedError("save_genai: a window of 1 needs share_buffer=True: the copying "

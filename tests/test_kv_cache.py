@@ -69,9 +69,10 @@ def stepper(kind: str, backend: str,
 
 
 def decode(model: ag.Model, run: Callable, ids: np.ndarray, mask: np.ndarray,
-           prompt: int) -> tuple[np.ndarray, list[int]]:
+           prompt: int, shared: bool = False) -> tuple[np.ndarray, list[int]]:
     """Feed ids[:, :prompt] as the prompt, then one token per step with the cache; returns
-    logits for every position and the cache length after each step."""
+    logits for every position and the cache length after each step. A windowed layer's cache
+    keeps its last `window` positions, but in the shared-buffer form, which keeps them all."""
     layers = cache_layers(model)
     feeds = {"input_ids": ids[:, :prompt], "attention_mask": mask[:, :prompt],
              **empty_past(layers, ids.shape[0])}
@@ -80,7 +81,7 @@ def decode(model: ag.Model, run: Callable, ids: np.ndarray, mask: np.ndarray,
         out = run(feeds)
         logits.append(out["logits"])
         lengths.append(out["present.0.key"].shape[2])
-        assert all(out[f"present.{i}.key"].shape[2] == min(x.window or t, t)
+        assert all(out[f"present.{i}.key"].shape[2] == (t if shared else min(x.window or t, t))
                    for i, x in enumerate(layers))
         for i in range(len(layers)):
             for part in ("key", "value"):
@@ -101,11 +102,12 @@ def test_cached_steps_equal_recompute(kind: str, backend: str) -> None:
     model, params, run = stepper(kind, backend)
     ids = np.random.default_rng(0).integers(0, VOCAB, (2, PROMPT + STEPS))
     full = model.predict(params, {"input_ids": ids})["logits"]
-    got, lengths = decode(model, run, ids, np.ones_like(ids), PROMPT)
+    shared = backend == "ort"  # the default there, windowed layers included
+    got, lengths = decode(model, run, ids, np.ones_like(ids), PROMPT, shared)
     assert got.shape == full.shape
     close(got, full, f"{kind}/{backend} prompt + {STEPS} cached steps vs recompute")
     expected = [PROMPT + s for s in range(STEPS + 1)]
-    if kind in ("mistral", "mixed"):  # the cache never grows past the window
+    if kind in ("mistral", "mixed") and not shared:  # the cache never grows past the window
         expected = [min(n, WINDOW if kind == "mistral" else WINDOW - 1) for n in expected]
     assert lengths == expected
 
@@ -194,8 +196,10 @@ def test_head_dim_off_the_fused_route_still_decodes() -> None:
 
 
 def test_float16_cache() -> None:
+    """The copying form in float16 (test_shared_buffer_float16 has the shared one)."""
     model, params, _ = stepper("mistral", "reference")
-    proto = ag.export(model, params, target="ort", kv_cache=True, dtype="float16")
+    proto = ag.export(model, params, target="ort", kv_cache=True, dtype="float16",
+                      share_buffer=False)
     run = ag.Session(proto, ["CPUExecutionProvider"]).run
     ids = np.random.default_rng(0).integers(0, VOCAB, (2, 14))
     got, lengths = decode(model, run, ids, np.ones_like(ids), 5)
@@ -246,11 +250,13 @@ def test_mask_length_is_checked() -> None:
         run_w(feeds)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_prompt_in_chunks(backend: str) -> None:
+@pytest.mark.parametrize(("backend", "shared"), [(b, b == "ort") for b in BACKENDS]
+                         + [("ort", False)])
+def test_prompt_in_chunks(backend: str, shared: bool) -> None:
     """Several new tokens after a non-empty cache (chunked prefill); at batch 1, the only batch
-    onnxruntime's CPU GroupQueryAttention takes for this."""
-    model, params, run = stepper("mistral", backend)
+    onnxruntime's CPU GroupQueryAttention takes for this. "ort" in both cache forms."""
+    model, params, run = stepper("mistral", backend,
+                                share_buffer=shared if backend == "ort" else None)
     ids = np.random.default_rng(4).integers(0, VOCAB, (1, 11))
     layers = cache_layers(model)
     feeds: dict[str, Any] = dict(empty_past(layers, 1))
@@ -260,7 +266,7 @@ def test_prompt_in_chunks(backend: str) -> None:
         feeds.update(input_ids=ids[:, start:end], attention_mask=np.ones((1, end), np.int64))
         out = run(feeds)
         logits.append(out["logits"])
-        assert out["present.0.key"].shape[2] == min(end, WINDOW)
+        assert out["present.0.key"].shape[2] == (end if shared else min(end, WINDOW))
         feeds.update({k.replace("present", "past_key_values"): v for k, v in out.items()
                       if k.startswith("present")})
     close(np.concatenate(logits, 1), model.predict(params, {"input_ids": ids})["logits"],
@@ -271,8 +277,8 @@ def test_prompt_in_chunks(backend: str) -> None:
 
 
 def test_shared_buffer_is_the_default_where_it_fits() -> None:
-    """GroupQueryAttention without an S x T bias; copying form for windows, head_dim 6 and the
-    other targets."""
+    """GroupQueryAttention without an S x T bias, windowed layers included; copying form for
+    head_dim 6 and the other targets."""
     def shared(model: ag.Model, **kw: Any) -> str:
         proto = ag.export(model, model.init(), kv_cache=True, **kw)
         gqa = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
@@ -282,8 +288,8 @@ def test_shared_buffer_is_the_default_where_it_fits() -> None:
         return "copying"
 
     assert shared(tiny("llama")) == shared(tiny("gpt")) == "shared"
-    assert shared(tiny("mistral")) == "copying"  # a windowed cache is already short
-    assert shared(tiny("mistral"), share_buffer=True) == "shared"
+    assert shared(tiny("mistral")) == shared(mixed()) == "shared"
+    assert shared(tiny("mistral"), share_buffer=False) == "copying"
     assert shared(tiny("llama"), target="onnx") == "copying"
     assert shared(tiny("llama"), share_buffer=False) == "copying"
     odd = ag.models.gpt(vocab_size=VOCAB, n_positions=32, n_embd=12, n_layer=1, n_head=2)
