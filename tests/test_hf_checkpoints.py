@@ -172,6 +172,22 @@ def test_tied_heads_stay_one_parameter() -> None:
         assert json.load(f)["tie_word_embeddings"] is True
 
 
+def test_untied_qwen2_head_reads_lm_head(tmp_path: Path) -> None:
+    """tie_word_embeddings=false: the head is its own `lm_head.weight` (here twice the
+    embeddings, so the logits are exactly twice the tied model's)."""
+    folder = copy_folder("qwen2", tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": False}))
+    state = load_file(str(folder / "model.safetensors"))
+    state["lm_head.weight"] = 2 * state["model.embed_tokens.weight"]
+    save_file(state, str(folder / "model.safetensors"))
+    model, params = hf.from_pretrained(folder)
+    assert "lm_head.kernel" in params
+    assert not any(n.op == "tied_projection" for n in model.nodes)
+    got = model.predict(params, feeds("qwen2"))["logits"]
+    np.testing.assert_allclose(got, 2 * expected("qwen2")["logits"], atol=2 * ATOL)
+
+
 def test_gemma_norm_scales_hold_one_plus_weight() -> None:
     _, params = loaded("gemma2")
     state = load_file(str(ROOT / "gemma2" / "model.safetensors"))
