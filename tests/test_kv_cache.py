@@ -29,14 +29,14 @@ def tiny(kind: str) -> ag.Model:
     return ag.models.mistral(**common, sliding_window=WINDOW)
 
 
-def mixed() -> ag.Model:
+def mixed(softcap: float | None = 5.0, window: int | None = WINDOW - 1) -> ag.Model:
     """Features the presets do not cover: sinusoidal positions, an int window without
     causal=True next to a global layer (two cache lengths), qk_layernorm, softcap, partial and
     interleaved RoPE, MQA."""
     ids = ag.input("input_ids", ("batch", "seq"), "int64")
     h = ag.positional_encoding(ag.embedding(ids, VOCAB, 32, name="emb"), "sinusoidal")
-    h = ag.add(h, ag.multi_head_attention(h, num_heads=4, window=WINDOW - 1, qk_layernorm=True,
-                                          softcap=5.0, rope=True, rotary_dim=4, name="local"))
+    h = ag.add(h, ag.multi_head_attention(h, num_heads=4, window=window, qk_layernorm=True,
+                                          softcap=softcap, rope=True, rotary_dim=4, name="local"))
     h = ag.add(h, ag.multi_head_attention(h, num_heads=4, num_kv_heads=1, causal=True,
                                           rope=True, rope_interleaved=True, name="global"))
     return ag.Model(ids, {"logits": ag.dense(ag.layer_norm(h), VOCAB, name="head")})
@@ -110,6 +110,17 @@ def test_cached_steps_equal_recompute(kind: str, backend: str) -> None:
     if kind in ("mistral", "mixed") and not shared:  # the cache never grows past the window
         expected = [min(n, WINDOW if kind == "mistral" else WINDOW - 1) for n in expected]
     assert lengths == expected
+
+
+@pytest.mark.parametrize("changes", [{"softcap": None}, {"window": None}])
+def test_mixed_features_show_in_the_logits(changes: dict[str, Any]) -> None:
+    """The mixed model's softcap and window each move its logits by far more than ATOL, so
+    test_cached_steps_equal_recompute fails for a cached lowering that drops either."""
+    ids = np.random.default_rng(0).integers(0, VOCAB, (2, PROMPT + STEPS))
+    model, params, _ = stepper("mixed", "reference")
+    full = model.predict(params, {"input_ids": ids})["logits"]
+    without = mixed(**changes).predict(params, {"input_ids": ids})["logits"]
+    assert np.abs(without - full).max() > 10 * ATOL, changes
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
