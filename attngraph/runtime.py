@@ -175,6 +175,12 @@ class Session:
         used = self._session.get_providers()
         return "cuda" if "CUDAExecutionProvider" in used else "cpu"
 
+    @property
+    def device_id(self) -> int:
+        """The GPU the session runs on: the CUDA provider's `device_id` option (0 on CPU)."""
+        options = self._session.get_provider_options().get("CUDAExecutionProvider", {})
+        return int(options.get("device_id", 0))
+
     def buffer(self, shape: Sequence[int], dtype: str) -> Any:
         """A zero-filled OrtValue on the model's device (a preallocated KV-cache buffer)."""
         import onnxruntime as ort
@@ -182,7 +188,7 @@ class Session:
         if self.device == "cpu":
             return ort.OrtValue.ortvalue_from_numpy(np.zeros(tuple(shape), dtype))
         value = ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), np.dtype(dtype).type,
-                                                          "cuda", 0)
+                                                          "cuda", self.device_id)
         value.update_inplace(np.zeros(tuple(shape), dtype))
         return value
 
@@ -203,7 +209,7 @@ class Session:
             for name, value in device.items():
                 binding.bind_ortvalue_input(name, value)
             for name in keep:
-                binding.bind_output(name, self.device)
+                binding.bind_output(name, self.device, self.device_id)
             for name in fetch:
                 binding.bind_output(name, "cpu")
             for name, output in (alias or {}).items():  # after keep/fetch: outputs keep order
