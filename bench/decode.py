@@ -6,6 +6,8 @@ Two shapes, batch 1, greedy, the same weights everywhere (made by transformers w
     gpt    4-layer, 512-wide GPT-2 (8 heads, MLP 2048, vocabulary 8000, 2112 positions)
     llama  4-layer, 512-wide Llama with GQA (8 query / 2 key-value heads of 64, MLP 1408,
            vocabulary 8000)
+    mistral (only with --shapes mistral) the llama shape with a 1024-position sliding window
+           on every layer: the shared buffer with GroupQueryAttention's own window
 For each context (512, 2048) a prompt of that many tokens is decoded; the prefill and the
 first token are excluded, then each following token is timed; tok/s is 1 / the median token
 time (robust to a busy spell on a shared machine; the mean is recorded too). Columns:
@@ -32,6 +34,7 @@ then slows every column alike). Figures are ratios of cells measured side by sid
 
     make bench                                        # everything
     .venv/bin/python bench/decode.py --quick          # context 2048 only
+    .venv/bin/python bench/decode.py --quick --shapes mistral --out decode_mistral
     flock /tmp/attngraph-bench.lock .venv/bin/python bench/decode.py
     .venv/bin/python bench/decode.py --quick --load 2 --columns cached,cached_spin,cached_sleep,genai
                                                       # beside two busy processes
@@ -68,7 +71,12 @@ SHAPES: dict[str, dict[str, Any]] = {
     "gpt": {"vocab_size": 8000, "n_positions": 2112, "n_embd": 512, "n_layer": 4, "n_head": 8},
     "llama": {"vocab_size": 8000, "hidden_size": 512, "intermediate_size": 1408,
               "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2},
+    # the llama shape with a 1024-position window on every layer (--shapes mistral)
+    "mistral": {"vocab_size": 8000, "hidden_size": 512, "intermediate_size": 1408,
+                "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+                "sliding_window": 1024},
 }
+DEFAULT_SHAPES = ("gpt", "llama")
 CONTEXTS = (512, 2048)
 QUICK_CONTEXTS = (2048,)
 # what runs by default: every column in a process of its own; "interleaved" (cached, hf,
@@ -94,7 +102,7 @@ def hf_model(shape: str) -> tuple[Any, ag.Model, dict[str, np.ndarray]]:
         import torch
         import transformers as tf
     except ImportError:
-        model = ag.models.gpt(**cfg) if shape == "gpt" else ag.models.llama(**cfg)
+        model = getattr(ag.models, shape)(**cfg)
         return None, model, model.init(seed=0)
 
     from attngraph.models.hf import load_hf_weights
@@ -106,10 +114,11 @@ def hf_model(shape: str) -> tuple[Any, ag.Model, dict[str, np.ndarray]]:
         hf = tf.GPT2LMHeadModel(config).eval()
         model = ag.models.gpt(**cfg)
     else:
-        config = tf.LlamaConfig(**cfg, max_position_embeddings=4096, bos_token_id=0,
-                                eos_token_id=0, tie_word_embeddings=False)
-        hf = tf.LlamaForCausalLM(config).eval()
-        model = ag.models.llama(**cfg)
+        kind = tf.LlamaConfig if shape == "llama" else tf.MistralConfig
+        config = kind(**cfg, max_position_embeddings=4096, bos_token_id=0, eos_token_id=0,
+                      tie_word_embeddings=False)
+        hf = (tf.LlamaForCausalLM if shape == "llama" else tf.MistralForCausalLM)(config).eval()
+        model = getattr(ag.models, shape)(**cfg)
     state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
     return hf, model, load_hf_weights(shape, state, model)
 
@@ -335,7 +344,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="context 2048 only")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
+                        help="of " + ", ".join(SHAPES))
     parser.add_argument("--columns", default=",".join(RUNS), help="cells, each in its "
                         "own process: " + ", ".join(COLUMNS) + ", or interleaved (cached, hf, "
                         "genai and genai_copy token by token in one process)")
@@ -432,7 +442,8 @@ def write(name: str, rows: list[dict[str, Any]], threads: int, load: int) -> Non
            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
            "onnxruntime_genai": version("onnxruntime_genai"), "torch": version("torch"),
            "transformers": version("transformers"), "attngraph": ag.__version__,
-           "shapes": SHAPES, "new_tokens": NEW_TOKENS, "threads": threads or "default",
+           "shapes": {k: SHAPES[k] for k in dict.fromkeys(r["shape"] for r in rows)},
+           "new_tokens": NEW_TOKENS, "threads": threads or "default",
            "busy_processes": load}
     columns = [c for c in COLUMNS if any(c in r for r in rows)]
     out = HERE / "results"
@@ -446,7 +457,7 @@ def write(name: str, rows: list[dict[str, Any]], threads: int, load: int) -> Non
         f"{load} busy process(es) beside every cell. Decode "
         "tokens/s after the prefill and first "
         "token, each cell in its own process (best of rounds). Shapes: "
-        + "; ".join(f"{k} {v}" for k, v in SHAPES.items()) + ".", "",
+        + "; ".join(f"{k} {v}" for k, v in env["shapes"].items()) + ".", "",
         "| shape | context | " + " | ".join(f"{c} tok/s" for c in columns)
         + " | cached / recompute | cached / hf | cached / genai | cached / genai_copy "
           "| same greedy tokens (hf, genai) |",
