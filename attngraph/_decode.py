@@ -13,10 +13,11 @@ A cached decoder has the inputs and outputs onnxruntime's generation tooling exp
 Semantics: token t of a row sits at position cumsum(attention_mask)[t] - 1, so a left-padded
 row computes exactly what it would alone; keys are the cached ones followed by the new ones,
 padding keys are never attended, causal and sliding windows are bottom-right (DESIGN §4).
-present_seq = past_seq + seq, or at most `window` for sliding-window layers (their cache
-never grows past the window: past_seq = min(window, total_seq - seq)). Layers with a window
-W name their cache length `past_seq_w{W}` / `present_seq_w{W}`, so windowed and global layers
-can be mixed.
+present_seq = past_seq + seq, or at most `window` for sliding-window layers (in this copying
+form their cache never grows past the window: past_seq = min(window, total_seq - seq); the
+shared-buffer form below keeps every position and the op applies the window). Layers with a
+window W name their cache length `past_seq_w{W}` / `present_seq_w{W}`, so windowed and global
+layers can be mixed.
 
 **Shared buffer** (`export(..., kv_cache=True, share_buffer=True)`, "ort" only): the same names,
 but each layer's past and present are one preallocated buffer [batch, kv_heads, max_seq,
@@ -61,7 +62,8 @@ def present_names(i: int) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class CacheLayer:
-    """One attention layer's cache: [batch, kv_heads, <=window, head_dim] keys and values."""
+    """One attention layer's cache: [batch, kv_heads, positions, head_dim] keys and values
+    (at most `window` positions in the copying form)."""
 
     node: Node
     name: str
@@ -185,6 +187,25 @@ def positions_from_mask(mask: np.ndarray, seq: int) -> np.ndarray:
     cumsum(mask) - 1, clipped at 0 for padding (as Hugging Face's generate does)."""
     pos = np.maximum(np.cumsum(mask.astype(np.int64), axis=1) - 1, 0)
     return pos[:, pos.shape[1] - seq:]
+
+
+def check_tokens_first(mask: np.ndarray, seq: int, where: str) -> None:
+    """The shared-buffer form keeps a row's tokens at the front of its buffer: in the columns
+    of the `seq` new tokens (a prompt, a chunk), each row's tokens come first and its padding
+    last. (Later one-token steps append a column of ones; only each row's count matters.)"""
+    if seq < 2 or mask.ndim != 2:
+        return
+    new = mask[:, mask.shape[1] - seq:]
+    late = np.flatnonzero((np.diff(new, axis=1) > 0).any(axis=1))
+    if late.size:
+        row = int(late[0])
+        raise FeedError(
+            f"{where}: this file keeps each row's cache in one shared buffer "
+            f"(share_buffer=True), so in a prompt each row's tokens come first and its padding "
+            f"last; attention_mask row {row} has padding before a token "
+            f"({new[row].tolist()[:12]}{' ...' if new.shape[1] > 12 else ''}). Put each row's "
+            f"tokens first (ag.generate does this itself), or export with share_buffer=False "
+            f"for left padding")
 
 
 def check_lengths(layers: list[CacheLayer], arrays: Mapping[str, np.ndarray],

@@ -5,7 +5,8 @@ For embed width D, H query heads of size Dh, G key/value heads, value heads of s
     parameters  = D*H*Dh (query) + D*G*Dh (key) + D*G*Dv (value) + H*Dv*D (output) [+ biases]
                   MHA: 4 D^2, GQA: D^2 (2 + 2G/H), MQA: 2 D^2 + 2 D (D/H)   (Dh = Dv = D/H)
     KV cache    = G * (Dh + Dv) elements per token (2 G Dh when Dv = Dh), times the dtype's
-                  size; a sliding-window layer holds at most `window` tokens.
+                  size; a sliding-window layer holds at most `window` tokens (in the
+                  copying cache form; a shared past/present buffer holds the whole sequence).
 """
 
 from __future__ import annotations

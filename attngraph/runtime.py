@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ._cpu import spin_by_default
+from ._decode import check_tokens_first
 from ._errors import AttnGraphError, ConfigError, ExportError, FeedError
 from ._feeds import check_feeds
 from ._limits import check_limits, feed_limits
@@ -112,6 +113,7 @@ class Session:
         }
         self._layers = layers_of(self.metadata)
         self._ours = "attngraph.version" in self.metadata  # exported by attngraph
+        self._shared = self.metadata.get("attngraph.share_buffer") == "true"
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.outputs: dict[str, TensorType] = {
             o.name: _tensor_type(o) for o in self._session.get_outputs()
@@ -152,6 +154,9 @@ class Session:
                              refuse_empty=self._ours)
         check_limits(self._limits, {k: t.shape for k, t in self.inputs.items()}, arrays,
                      "Session.run")
+        if self._shared and "attention_mask" in arrays and "input_ids" in arrays:
+            check_tokens_first(arrays["attention_mask"], arrays["input_ids"].shape[-1],
+                               "Session.run")
         if isinstance(outputs, str):  # one name, as Keras and Hugging Face users pass it
             outputs = [outputs]
         if outputs is not None and (not isinstance(outputs, Sequence)

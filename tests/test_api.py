@@ -76,7 +76,19 @@ def test_golden_graph_dumps(target: str, kv_cache: bool) -> None:
     model = cached_model() if kv_cache else golden_model()
     text = dump(ag.export(model, model.init(), target=target, kv_cache=kv_cache))
     stem = "gqa_window_rope_cache" if kv_cache else "gqa_window_padding"
-    path = os.path.join(GOLDEN, f"{stem}.{target}.txt")
+    check_golden(text, f"{stem}.{target}.txt")
+
+
+def test_golden_graph_dump_copying_cache() -> None:
+    """The "ort" cached export in its copying form (share_buffer=False): GroupQueryAttention
+    with the [B, 1, S, T] bias that holds the window and padding."""
+    model = cached_model()
+    text = dump(ag.export(model, model.init(), target="ort", kv_cache=True, share_buffer=False))
+    check_golden(text, "gqa_window_rope_cache_copying.ort.txt")
+
+
+def check_golden(text: str, name: str) -> None:
+    path = os.path.join(GOLDEN, name)
     if os.environ.get("AG_UPDATE_GOLDEN"):
         os.makedirs(GOLDEN, exist_ok=True)
         with open(path, "w") as f:

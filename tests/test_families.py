@@ -80,7 +80,7 @@ def test_gemma2_feature_is_needed(feature: str, changes: dict[str, Any], margin:
 
 def test_gemma2_geglu_needs_tanh_gelu(monkeypatch: pytest.MonkeyPatch) -> None:
     """GeGLU's gate uses the tanh GELU (gelu_pytorch_tanh); the exact erf GELU misses the
-    golden by 2.6e-4 with these small weights, 2x the parity tolerance."""
+    golden by 2.6e-4 with these small weights, 2.6x the parity tolerance."""
     exact = _families.gelu
     monkeypatch.setattr(_families, "gelu",
                         lambda x, approximate="none", name=None: exact(x, name=name))

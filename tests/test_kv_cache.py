@@ -29,14 +29,15 @@ def tiny(kind: str) -> ag.Model:
     return ag.models.mistral(**common, sliding_window=WINDOW)
 
 
-def mixed(softcap: float | None = 5.0, window: int | None = WINDOW - 1) -> ag.Model:
+def mixed(softcap: float | None = 5.0, window: int | None = WINDOW - 1,
+          causal: bool = False) -> ag.Model:
     """Features the presets do not cover: sinusoidal positions, an int window without
     causal=True next to a global layer (two cache lengths), qk_layernorm, softcap, partial and
     interleaved RoPE, MQA."""
     ids = ag.input("input_ids", ("batch", "seq"), "int64")
     h = ag.positional_encoding(ag.embedding(ids, VOCAB, 32, name="emb"), "sinusoidal")
-    h = ag.add(h, ag.multi_head_attention(h, num_heads=4, window=window, qk_layernorm=True,
-                                          softcap=softcap, rope=True, rotary_dim=4, name="local"))
+    h = ag.add(h, ag.multi_head_attention(h, num_heads=4, window=window, causal=causal,
+                                          qk_layernorm=True, softcap=softcap, rope=True, rotary_dim=4, name="local"))
     h = ag.add(h, ag.multi_head_attention(h, num_heads=4, num_kv_heads=1, causal=True,
                                           rope=True, rope_interleaved=True, name="global"))
     return ag.Model(ids, {"logits": ag.dense(ag.layer_norm(h), VOCAB, name="head")})
@@ -112,7 +113,7 @@ def test_cached_steps_equal_recompute(kind: str, backend: str) -> None:
     assert lengths == expected
 
 
-@pytest.mark.parametrize("changes", [{"softcap": None}, {"window": None}])
+@pytest.mark.parametrize("changes", [{"softcap": None}, {"window": None, "causal": True}])
 def test_mixed_features_show_in_the_logits(changes: dict[str, Any]) -> None:
     """The mixed model's softcap and window each move its logits by far more than ATOL, so
     test_cached_steps_equal_recompute fails for a cached lowering that drops either."""
@@ -349,6 +350,23 @@ def test_shared_buffer_rows_at_the_front_compute_alone(kind: str) -> None:
     for r, row in enumerate(rows):
         alone = model.predict(params, {"input_ids": row[None]})["logits"][0]
         close(np.concatenate(got[r]), alone, f"{kind} shared buffer row {r}")
+
+
+def test_shared_buffer_refuses_a_left_padded_prompt() -> None:
+    """Fed directly, the shared form wants each row's tokens first; a left-padded prompt would
+    be miscomputed, so Session.run refuses it and names the fix. The copying form takes it."""
+    model, params, run = stepper("mistral", "ort", share_buffer=True)
+    ids = np.random.default_rng(6).integers(0, VOCAB, (2, 5))
+    left = np.ones((2, 5), np.int64)
+    left[1, :2] = 0
+    feeds = {"input_ids": ids, "attention_mask": left, **empty_past(cache_layers(model), 2)}
+    with pytest.raises(ag.FeedError, match=r"row 1 has padding before a token \(\[0, 0, 1, 1, "
+                                           r"1\]\).*share_buffer=False"):
+        run(feeds)
+    run({**feeds, "attention_mask": left[:, ::-1].copy()})  # right padding: accepted
+    copying = stepper("mistral", "ort", share_buffer=False)[2]
+    got = copying(feeds)["logits"][1, 2:]
+    close(got, model.predict(params, {"input_ids": ids[1:, 2:]})["logits"][0], "left padding")
 
 
 @pytest.mark.parametrize("kind", KINDS)

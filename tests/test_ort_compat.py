@@ -108,6 +108,34 @@ def test_forced_window_rewrite_takes_exactly_one_key_off(monkeypatch) -> None:
     np.testing.assert_allclose(got, ref if "window" in real else narrower, atol=1e-4)
 
 
+def test_window_of_one_in_a_shared_buffer_is_refused_where_the_fault_is() -> None:
+    """A window of 1 has no rewrite (0 means no window). The copying form's attention_bias
+    holds the window, so it passes; the shared-buffer form is refused on a faulty runtime and
+    exact on a correct one."""
+    from attngraph._decode import cache_layers, empty_past
+
+    model = ag.models.mistral(vocab_size=50, hidden_size=32, intermediate_size=16,
+                              num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                              sliding_window=1)
+    params = model.init(seed=0)
+    shared = ag.export(model, params, kv_cache=True)
+    assert {m.key: m.value for m in shared.metadata_props}["attngraph.share_buffer"] == "true"
+    with pytest.raises(ag.UnsupportedError, match=r"window of 1 .*share_buffer=False"):
+        ort_compat.adapt(shared, {"window"})
+    assert not ort_compat.adapt(ag.export(model, params, kv_cache=True, share_buffer=False),
+                                {"window"})
+    ids = np.random.default_rng(0).integers(0, 50, (1, 6))
+    feeds = {"input_ids": ids, "attention_mask": np.ones((1, 6), np.int64),
+             **empty_past(cache_layers(model), 1)}
+    if "window" in ort_compat.faults(ort.__version__):
+        with pytest.raises(ag.UnsupportedError, match="window of 1"):
+            ag.Session(shared)
+    else:
+        np.testing.assert_allclose(ag.Session(shared).run(feeds)["logits"],
+                                   model.predict(params, {"input_ids": ids})["logits"],
+                                   atol=1e-4)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_fault_is_real_and_the_adaptation_fixes_it(case: str, monkeypatch) -> None:
     fault = CASES[case][0]

@@ -78,17 +78,19 @@ def export(
         dtype: "float32" or "float16" for float inputs, outputs and weights.
         kv_cache: export a decoder with a key/value cache (causal language models: one int
             input of token ids, one [batch, seq, vocab] output). Inputs `input_ids [batch,
-            seq]`, `attention_mask [batch, total_seq]` (1 = token, 0 = left padding),
+            seq]`, `attention_mask [batch, total_seq]` (1 = token, 0 = padding),
             `past_key_values.{i}.key|value [batch, kv_heads, past_seq, head_dim]`; outputs
             `logits`, `present.{i}.key|value`. One file serves the prompt (past_seq = 0) and
-            every later step; without the shared buffer, sliding-window layers keep at most
-            `window` positions. On
-            "ort", onnxruntime's CPU GroupQueryAttention takes several new tokens after a
-            non-empty cache only at batch 1.
+            every later step. The copying form takes left padding, and its sliding-window
+            layers keep at most `window` positions; the shared buffer (below) wants each
+            row's prompt first and its padding last. On "ort", onnxruntime's CPU
+            GroupQueryAttention takes several new tokens after a non-empty cache only at
+            batch 1.
         share_buffer: (kv_cache) one preallocated past/present buffer per layer that
             GroupQueryAttention updates in place (no copy of the cache per step; rows'
-            tokens at the front of the buffer, see `attngraph/_decode.py`). Default: on
-            "ort" when every cached layer has head_dim % 8 == 0, windowed layers included.
+            tokens at the front of the buffer, see `attngraph/_decode.py`; windowed layers
+            keep every position there and the op applies the window). Default: on "ort" when
+            every cached layer has head_dim % 8 == 0, windowed layers included.
         streaming: export a step model (DESIGN §9): inputs are the next chunk of frames
             `[batch, chunk, ...]` plus `state.frames` and `state.<layer>.<part>`; outputs are
             the model's outputs for the chunk plus `new_state.*`. Run it with `ag.Stream`.

@@ -8,7 +8,9 @@ old runtime computes correctly. Lives in `_export/` because only that package im
 Faults, with the evidence (the suite's window, mask and softcap tests, run on each release):
 - "window", onnxruntime < 1.24: com.microsoft.GroupQueryAttention attends
   `local_window_size + 1` keys (1.23.2, the newest release with Python 3.10 wheels, fails every
-  window parity test by one key; 1.24.4 passes them). Rewrite: local_window_size - 1.
+  window parity test by one key; 1.24.4 passes them). Rewrite: local_window_size - 1. A window
+  of 1 cannot be rewritten (0 means no window): the copying form's attention_bias holds it, and
+  a shared-buffer node, which has none, is refused with UnsupportedError.
 - "gqa_mask", onnxruntime < 1.29: the standard Attention op rejects or misapplies a mask when
   q_num_heads != kv_num_heads (1.23.2 and 1.24.4 fail the GQA-with-mask parity tests, 1.29.0
   passes; 1.25-1.28 untested, so treated as faulty).
@@ -31,6 +33,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from .._errors import UnsupportedError
 
 WINDOW_FIXED = (1, 24)
 STANDARD_ATTENTION_FIXED = (1, 29)
@@ -89,6 +93,13 @@ def _fix_window(graph: Any) -> bool:
             if window is not None and window > 1:
                 _set_int(node, "local_window_size", window - 1)
                 changed = True
+            elif window == 1 and not (len(node.input) > 10 and node.input[10]):
+                # 0 would mean no window; with an attention_bias (the copying form) the bias
+                # holds the window, but the shared-buffer form has none: refuse, never miscompute
+                raise UnsupportedError(
+                    f"Session: onnxruntime < 1.24 attends 2 keys in GroupQueryAttention "
+                    f"'{node.name}', a window of 1 in a shared past/present buffer; export with "
+                    f"share_buffer=False or use onnxruntime >= 1.24 (Python 3.11+)")
     return changed
 
 
