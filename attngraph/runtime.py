@@ -190,12 +190,22 @@ class Session:
         """A zero-filled OrtValue on the model's device (a preallocated KV-cache buffer)."""
         import onnxruntime as ort
 
-        if self.device == "cpu":
-            return ort.OrtValue.ortvalue_from_numpy(np.zeros(tuple(shape), dtype))
-        value = ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), np.dtype(dtype).type,
-                                                          "cuda", self.device_id)
-        value.update_inplace(np.zeros(tuple(shape), dtype))
-        return value
+        shape = tuple(shape)
+        try:
+            if self.device == "cpu":
+                return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype))
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.dtype(dtype).type,
+                                                              "cuda", self.device_id)
+            value.update_inplace(np.zeros(shape, dtype))
+            return value
+        except (MemoryError, RuntimeError, ValueError) as exc:  # numpy's or onnxruntime's
+            size = np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize / 2**30
+            why = (str(exc) or repr(exc)).splitlines()[0].strip("'")  # numpy's comes quoted
+            raise RuntimeFailure(
+                f"Session.buffer: cannot allocate a {list(shape)} {dtype} buffer ({size:.3g} "
+                f"GiB) on {self.device}: {why}. "
+                f"A shared past/present cache holds the prompt and every new token: generate "
+                f"fewer tokens or a smaller batch") from None
 
     def run_bound(self, host: Mapping[str, np.ndarray], device: Mapping[str, Any], *,
                   keep: Sequence[str], fetch: Sequence[str],

@@ -425,6 +425,14 @@ def test_steady_run_reports_failures_as_ours() -> None:
         run({"input_ids": np.array([[3.0]]), "attention_mask": np.ones((1, 2), np.int64)})
 
 
+def test_a_buffer_too_big_is_our_error() -> None:
+    session = ag.Session(ag.export(tiny("llama"), tiny("llama").init(), kv_cache=True))
+    with pytest.raises(ag.RuntimeFailure, match=r"cannot allocate a \[1, 2, 1099511627776, "
+                                                r"16\] float32 buffer \(1.31e\+05 GiB\) on cpu: Unable to "
+                                                r"allocate.*fewer"):
+        session.buffer((1, 2, 2**40, 16), "float32")
+
+
 def test_shared_buffer_float16() -> None:
     """A float16 shared-buffer export: float16 buffers, logits near the float32 reference."""
     from attngraph.generation import _backend
