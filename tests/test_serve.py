@@ -71,8 +71,14 @@ class Served:
              "--port", str(self.port), "--grpc-port", str(self.grpc_port), "--threads", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
+        self.err: list[str] = []
         self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        # one reader per pipe, the only ones: communicate() beside them would close the pipes
+        # under their feet
+        self.readers = [threading.Thread(target=self._read, daemon=True),
+                        threading.Thread(target=self._read_err, daemon=True)]
+        for reader in self.readers:
+            reader.start()
         if not self.ready.wait(START_TIMEOUT_S):
             self.kill()
             pytest.fail(f"serve did not start in {START_TIMEOUT_S} s: {self.lines}")
@@ -85,6 +91,16 @@ class Served:
                 self.ready.set()
         self.ready.set()
 
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.err.extend(self.proc.stderr)
+
+    def _wait(self) -> None:
+        """Wait for the process to exit and its pipes to be read to the end."""
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+        for reader in self.readers:
+            reader.join(timeout=STOP_TIMEOUT_S)
+
     def client(self) -> Any:
         return triton_http.InferenceServerClient(f"{HOST}:{self.port}", network_timeout=60)
 
@@ -92,16 +108,16 @@ class Served:
         start = time.monotonic()
         self.proc.send_signal(sig)
         try:
-            _, err = self.proc.communicate(timeout=STOP_TIMEOUT_S)
+            self._wait()
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"serve did not stop within {STOP_TIMEOUT_S} s of {sig}")
-        return self.proc.returncode, err, time.monotonic() - start
+        return self.proc.returncode, "".join(self.err), time.monotonic() - start
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate(timeout=STOP_TIMEOUT_S)
+        self._wait()
 
 
 def request(client: Any, x: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
