@@ -193,7 +193,7 @@ def check_tokens_first(mask: np.ndarray, seq: int, where: str) -> None:
     """The shared-buffer form keeps a row's tokens at the front of its buffer: in the columns
     of the `seq` new tokens (a prompt, a chunk), each row's tokens come first and its padding
     last. (Later one-token steps append a column of ones; only each row's count matters.)"""
-    if seq < 2 or mask.ndim != 2:
+    if seq < 2:
         return
     new = mask[:, mask.shape[1] - seq:]
     late = np.flatnonzero((np.diff(new, axis=1) > 0).any(axis=1))

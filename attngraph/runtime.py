@@ -154,8 +154,8 @@ class Session:
                              refuse_empty=self._ours)
         check_limits(self._limits, {k: t.shape for k, t in self.inputs.items()}, arrays,
                      "Session.run")
-        if self._shared and "attention_mask" in arrays and "input_ids" in arrays:
-            check_tokens_first(arrays["attention_mask"], arrays["input_ids"].shape[-1],
+        if self._shared:  # check_feeds has made sure both are there
+            check_tokens_first(arrays["attention_mask"], arrays["input_ids"].shape[1],
                                "Session.run")
         if isinstance(outputs, str):  # one name, as Keras and Hugging Face users pass it
             outputs = [outputs]

@@ -114,10 +114,11 @@ def hf_model(shape: str) -> tuple[Any, ag.Model, dict[str, np.ndarray]]:
         hf = tf.GPT2LMHeadModel(config).eval()
         model = ag.models.gpt(**cfg)
     else:
-        kind = tf.LlamaConfig if shape == "llama" else tf.MistralConfig
-        config = kind(**cfg, max_position_embeddings=4096, bos_token_id=0, eos_token_id=0,
-                      tie_word_embeddings=False)
-        hf = (tf.LlamaForCausalLM if shape == "llama" else tf.MistralForCausalLM)(config).eval()
+        config_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+                                 "mistral": (tf.MistralConfig, tf.MistralForCausalLM)}[shape]
+        config = config_cls(**cfg, max_position_embeddings=4096, bos_token_id=0, eos_token_id=0,
+                            tie_word_embeddings=False)
+        hf = model_cls(config).eval()
         model = getattr(ag.models, shape)(**cfg)
     state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
     return hf, model, load_hf_weights(shape, state, model)

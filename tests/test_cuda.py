@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from test_kv_cache import VOCAB, tiny
 
 import attngraph as ag
 
@@ -14,26 +15,15 @@ pytestmark = pytest.mark.skipif(
     "CUDAExecutionProvider" not in ort.get_available_providers(),
     reason="onnxruntime has no CUDA execution provider here (onnxruntime-gpu and a GPU)")
 
-VOCAB = 61
-
-
-def decoder(window: int | None) -> ag.Model:
-    common = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 40,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
-    if window is None:
-        return ag.models.llama(**common)
-    return ag.models.mistral(**common, sliding_window=window)
-
-
 # float32 products without TF32: greedy steps here are a few 1e-3 of the logits apart
 EXACT = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
 
 
-@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
 @pytest.mark.parametrize("share", [True, False])
-def test_generate_on_cuda_gives_the_cpu_tokens(share: bool, window: int | None) -> None:
+def test_generate_on_cuda_gives_the_cpu_tokens(share: bool, kind: str) -> None:
     """Left-padded batch, shared buffer and copying form, with and without a window."""
-    model = decoder(window)
+    model = tiny(kind)
     proto = ag.export(model, model.init(seed=0), kv_cache=True, share_buffer=share)
     cpu = ag.Session(proto, ["CPUExecutionProvider"])
     gpu = ag.Session(proto, EXACT)
@@ -46,21 +36,21 @@ def test_generate_on_cuda_gives_the_cpu_tokens(share: bool, window: int | None) 
 
 
 def test_cache_buffers_are_made_on_the_gpu() -> None:
-    model = decoder(None)
+    model = tiny("llama")
     gpu = ag.Session(ag.export(model, model.init(), kv_cache=True), ["CUDAExecutionProvider"])
     value = gpu.buffer((1, 2, 8, 16), "float32")
     assert value.device_name().lower() == "cuda"
     assert not value.numpy().any()
 
 
-@pytest.mark.parametrize("window", [None, 5])
-def test_float16_prompt_on_cuda_is_near_the_reference(window: int | None) -> None:
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_float16_prompt_on_cuda_is_near_the_reference(kind: str) -> None:
     """onnxruntime's CUDA GroupQueryAttention takes float16 (float32 layers fall back to the
     CPU kernel): the float16 shared-buffer export on the GPU, prompt logits against the
     float32 reference, and a generate that runs with its buffers on the GPU."""
     from attngraph._decode import cache_layers, empty_past
 
-    model = decoder(window)
+    model = tiny(kind)
     params = model.init(seed=0)
     gpu = ag.Session(ag.export(model, params, kv_cache=True, dtype="float16"),
                      ["CUDAExecutionProvider"])

@@ -37,7 +37,8 @@ def mixed(softcap: float | None = 5.0, window: int | None = WINDOW - 1,
     ids = ag.input("input_ids", ("batch", "seq"), "int64")
     h = ag.positional_encoding(ag.embedding(ids, VOCAB, 32, name="emb"), "sinusoidal")
     h = ag.add(h, ag.multi_head_attention(h, num_heads=4, window=window, causal=causal,
-                                          qk_layernorm=True, softcap=softcap, rope=True, rotary_dim=4, name="local"))
+                                          qk_layernorm=True, softcap=softcap, rope=True,
+                                          rotary_dim=4, name="local"))
     h = ag.add(h, ag.multi_head_attention(h, num_heads=4, num_kv_heads=1, causal=True,
                                           rope=True, rope_interleaved=True, name="global"))
     return ag.Model(ids, {"logits": ag.dense(ag.layer_norm(h), VOCAB, name="head")})
@@ -427,9 +428,9 @@ def test_steady_run_reports_failures_as_ours() -> None:
 
 def test_a_buffer_too_big_is_our_error() -> None:
     session = ag.Session(ag.export(tiny("llama"), tiny("llama").init(), kv_cache=True))
-    with pytest.raises(ag.RuntimeFailure, match=r"cannot allocate a \[1, 2, 1099511627776, "
-                                                r"16\] float32 buffer \(1.31e\+05 GiB\) on cpu: Unable to "
-                                                r"allocate.*fewer"):
+    with pytest.raises(ag.RuntimeFailure, match=r"cannot allocate a \[1, 2, 1099511627776, 16\] "
+                                                r"float32 buffer \(1.31e\+05 GiB\) on cpu: "
+                                                r"Unable to allocate.*fewer"):
         session.buffer((1, 2, 2**40, 16), "float32")
 
 
